@@ -1,0 +1,152 @@
+"""mogli-agent: run, check-config, probe."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.confload import ConfigErrors, load_text
+from agent.probes import PROBES
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mogli-agent", description=__doc__)
+    p.add_argument("--version", action="version", version=f"mogli-agent {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="measure and report until stopped")
+    r.add_argument("-c", "--config", required=True)
+    c = sub.add_parser("check-config", help="validate a config file; print OK or every error")
+    c.add_argument("-c", "--config", required=True)
+    pr = sub.add_parser("probe", help="run probes once and print the results")
+    pr.add_argument("-c", "--config", help="run every probe of this config once (with --once)")
+    pr.add_argument("--once", action="store_true", help="one round of every configured probe")
+    pr.add_argument("--json", action="store_true", help="machine-readable output")
+    pr.add_argument("kind", nargs="?", choices=sorted(PROBES), help="ad hoc probe kind")
+    pr.add_argument("target", nargs="?", help="ad hoc target (tcp: HOST:PORT)")
+    pr.add_argument("--timeout", type=float, default=3.0)
+    return p
+
+
+def _load(path: str) -> Any:
+    from agent import config
+
+    return config.load(path)
+
+
+def _config_errors(e: ConfigErrors) -> int:
+    for err in e.errors:
+        print(err, file=sys.stderr)
+    print(f"{len(e.errors)} error(s)", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        _load(args.config)
+    except ConfigErrors as e:
+        return _config_errors(e)
+    print("OK")
+    return 0
+
+
+def read_token(path: str) -> str:
+    if not path:
+        return ""
+    p = Path(path)
+    token = p.read_text(encoding="utf-8").strip()
+    if not token:
+        raise ValueError(f"{path}: token file is empty")
+    if p.stat().st_mode & 0o077:
+        logging.getLogger("mogli.agent").warning("%s is readable by group or others; chmod 600 it", path)
+    return token
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.runner import Agent
+
+    try:
+        cfg = _load(args.config)
+    except ConfigErrors as e:
+        return _config_errors(e)
+    logging.basicConfig(
+        level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        token = read_token(cfg.collector.token_file)
+    except (OSError, ValueError) as e:
+        print(f"{args.config}: collector.token_file: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def main() -> None:
+        agent = Agent(cfg, token)
+        task = asyncio.create_task(agent.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from agent.config import probe_list
+    from agent.runner import Outcome, run_probe
+
+    jobs: list[tuple[str, Any]] = []
+    if args.config:
+        try:
+            cfg = _load(args.config)
+        except ConfigErrors as e:
+            return _config_errors(e)
+        jobs = probe_list(cfg)
+    elif args.kind and args.target:
+        pk = PROBES[args.kind]
+        try:
+            pcfg = load_text(json.dumps({"target": args.target, "timeout": args.timeout}), pk.config, "<command line>")
+        except ConfigErrors as e:
+            return _config_errors(e)
+        jobs = [(args.kind, pcfg)]
+    else:
+        print("mogli-agent probe: give -c FILE --once, or KIND TARGET", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def main() -> list[Outcome]:
+        return list(await asyncio.gather(*(run_probe(k, p) for k, p in jobs)))
+
+    outcomes = asyncio.run(main())
+    if args.json:
+        print(json.dumps({"results": [
+            {"kind": o.kind, "target": o.target, "success": o.ok, "reason": o.reason,
+             "duration_s": round(o.duration, 6), **o.detail} for o in outcomes]}, indent=2))
+    else:
+        print(f"{'KIND':6} {'TARGET':32} {'RESULT':12} {'TIME':>10}  DETAIL")
+        for o in outcomes:
+            res = "ok" if o.ok else o.reason
+            detail = " ".join(f"{k}={v}" for k, v in o.detail.items())
+            print(f"{o.kind:6} {o.target:32} {res:12} {o.duration * 1000:8.2f}ms  {detail}")
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.cmd == "check-config":
+        return cmd_check(args)
+    if args.cmd == "run":
+        return cmd_run(args)
+    return cmd_probe(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

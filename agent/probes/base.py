@@ -1,0 +1,104 @@
+"""What every probe shares: the result type and the shallow error tree.
+
+A probe is ``async def run(cfg, result) -> None``: it measures, adds its own
+values to ``result`` and raises a :class:`ProbeError` (or lets an OSError or
+timeout escape) on failure. The runner (agent/runner.py) owns the outcome:
+success, duration, timeout and the failure ``reason`` label.
+"""
+
+from __future__ import annotations
+
+import errno
+import ssl
+from dataclasses import dataclass, field
+
+
+class ProbeError(Exception):
+    """A failure that is data. The class's ``reason`` becomes the metric label."""
+
+    reason = "error"
+
+
+class Timeout(ProbeError):
+    reason = "timeout"
+
+
+class Refused(ProbeError):
+    reason = "refused"
+
+
+class Unreachable(ProbeError):
+    reason = "unreachable"
+
+
+class Permission(ProbeError):
+    reason = "permission"
+
+
+class ProtocolError(ProbeError):
+    reason = "protocol"
+
+
+class ResolveError(ProbeError):
+    reason = "resolve"
+
+
+class TLSError(ProbeError):
+    reason = "tls"
+
+
+_ERRNO_REASONS = {
+    errno.ECONNREFUSED: "refused",
+    errno.ECONNRESET: "reset",
+    errno.EHOSTUNREACH: "unreachable",
+    errno.ENETUNREACH: "unreachable",
+    errno.EHOSTDOWN: "unreachable",
+    errno.ENETDOWN: "unreachable",
+    errno.EADDRNOTAVAIL: "unreachable",
+    errno.ETIMEDOUT: "timeout",
+    errno.EACCES: "permission",
+    errno.EPERM: "permission",
+}
+
+
+def reason_of(exc: BaseException) -> str:
+    """Map any exception a probe raised to a short, bounded reason label."""
+    if isinstance(exc, ProbeError):
+        return exc.reason
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return "tls"
+    if isinstance(exc, OSError):
+        if exc.errno in _ERRNO_REASONS:
+            return _ERRNO_REASONS[exc.errno]
+        if isinstance(exc, ConnectionError):
+            return "connection"
+        return "oserror"
+    return "error"
+
+
+Labels = tuple[tuple[str, str], ...]
+
+
+@dataclass
+class ProbeResult:
+    """What one probe run adds beyond success and duration.
+
+    Values are recorded against the probe's own ``probe``/``target`` labels plus
+    the extra labels given here. Counters are increments; the agent keeps totals.
+    """
+
+    gauges: list[tuple[str, Labels, float]] = field(default_factory=list)
+    counters: list[tuple[str, Labels, float]] = field(default_factory=list)
+    observations: list[tuple[str, Labels, float]] = field(default_factory=list)
+    detail: dict[str, object] = field(default_factory=dict)  # for `mogli-agent probe` output
+
+    def gauge(self, name: str, value: float, **labels: str) -> None:
+        self.gauges.append((name, tuple(sorted(labels.items())), value))
+
+    def count(self, name: str, inc: float = 1.0, **labels: str) -> None:
+        self.counters.append((name, tuple(sorted(labels.items())), inc))
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        self.observations.append((name, tuple(sorted(labels.items())), value))

@@ -1,0 +1,108 @@
+"""The agent's running totals and the samples waiting for the next batch.
+
+Counters and histograms are cumulative at the source (DESIGN.md decision 2):
+``inc`` adds to a total kept here, and every change emits a sample carrying the
+new total. Totals are saved with each spooled batch and restored at start, so
+they survive a restart of the agent.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from typing import Any
+
+from agent.catalog import METRICS, RTT_BUCKETS
+from agent.wire import Histogram, Sample
+
+Labels = tuple[tuple[str, str], ...]
+SeriesKey = tuple[str, Labels]
+
+
+class _Hist:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # non-cumulative, last is +Inf
+        self.sum = 0.0
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, v)] += 1
+        self.sum += v
+
+    def snapshot(self) -> Histogram:
+        cum, out = 0, []
+        for le, c in zip((*self.bounds, math.inf), self.counts, strict=True):
+            cum += c
+            out.append((le, float(cum)))
+        return Histogram(tuple(out), self.sum, float(cum))
+
+
+class Recorder:
+    def __init__(self, buckets: dict[str, tuple[float, ...]] | None = None):
+        self._totals: dict[SeriesKey, float] = {}
+        self._hists: dict[SeriesKey, _Hist] = {}
+        self._buckets = buckets or {}
+        self._pending: list[Sample] = []
+
+    def _check(self, name: str, labels: Labels) -> None:
+        spec = METRICS[name]  # KeyError: a metric missing from the catalog is a bug
+        if tuple(sorted(spec.labels)) != tuple(k for k, _ in labels):
+            raise ValueError(f"{name}: labels {[k for k, _ in labels]} != catalog {list(spec.labels)}")
+
+    def gauge(self, name: str, labels: Labels, value: float, ts: float) -> None:
+        self._check(name, labels)
+        if math.isfinite(value):
+            self._pending.append(Sample(name, labels, float(value), ts))
+
+    def inc(self, name: str, labels: Labels, amount: float, ts: float) -> None:
+        self._check(name, labels)
+        key = (name, labels)
+        total = self._totals.get(key, 0.0) + amount
+        self._totals[key] = total
+        self._pending.append(Sample(name, labels, total, ts))
+
+    def touch(self, name: str, labels: Labels, ts: float) -> None:
+        """Report a counter at its current total (0 if new) so the series exists."""
+        self.inc(name, labels, 0.0, ts)
+
+    def observe(self, name: str, labels: Labels, value: float, ts: float) -> None:
+        self._check(name, labels)
+        key = (name, labels)
+        h = self._hists.get(key)
+        if h is None:
+            h = self._hists[key] = _Hist(self._buckets.get(name, RTT_BUCKETS))
+        h.observe(value)
+        self._pending.append(Sample(name, labels, h.snapshot(), ts))
+
+    def total(self, name: str, labels: Labels) -> float:
+        return self._totals.get((name, labels), 0.0)
+
+    def drain(self) -> list[Sample]:
+        """Samples recorded since the last drain, oldest first."""
+        out, self._pending = self._pending, []
+        return out
+
+    # -- persistence with the spool ---------------------------------------------
+    def dump_totals(self) -> str:
+        return json.dumps(
+            {
+                "counters": [[n, list(map(list, lb)), v] for (n, lb), v in self._totals.items()],
+                "histograms": [
+                    [n, list(map(list, lb)), list(h.bounds), h.counts, h.sum] for (n, lb), h in self._hists.items()
+                ],
+            }
+        )
+
+    def load_totals(self, text: str) -> None:
+        data: dict[str, Any] = json.loads(text)
+        for n, lb, v in data.get("counters", []):
+            if n in METRICS:
+                self._totals[(n, tuple((str(a), str(b)) for a, b in lb))] = float(v)
+        for n, lb, bounds, counts, s in data.get("histograms", []):
+            if n in METRICS:
+                h = _Hist(tuple(bounds))
+                h.counts, h.sum = list(counts), float(s)
+                self._hists[(n, tuple((str(a), str(b)) for a, b in lb))] = h

@@ -1,0 +1,250 @@
+"""The report format between agent and collector (version 1), see docs/protocol.md.
+
+Building is the agent's side, validating the collector's; both live here so they
+cannot drift apart. Stdlib only: the collector imports this without the agent's
+extras.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import re
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.catalog import METRICS
+
+VERSION = 1
+CONTENT_TYPE = "application/json"
+# The agent's clock when this attempt was sent (seconds since the epoch, decimal).
+# A header, not a body field, so a spooled body is sent byte-identical on every retry.
+SENT_AT_HEADER = "Mogli-Sent-At"
+MAX_SAMPLES = 50_000
+MAX_LABELS = 16
+MAX_LABEL_VALUE = 256
+MAX_ID = 64
+RESERVED_LABELS = frozenset({"node", "site", "job", "instance", "le", "quantile"})
+
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+STREAM_RE = re.compile(r"[0-9a-f]{8,32}")
+LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Cumulative bucket counts (``le`` ascending, last bucket +Inf), sum and count."""
+
+    buckets: tuple[tuple[float, float], ...]
+    sum: float
+    count: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "buckets": [["+Inf" if math.isinf(le) else le, c] for le, c in self.buckets],
+            "sum": self.sum,
+            "count": self.count,
+        }
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    labels: tuple[tuple[str, str], ...]  # sorted by name
+    value: float | Histogram
+    ts: float  # seconds since the epoch, agent clock
+
+    @property
+    def type(self) -> str:
+        return METRICS[self.name].type
+
+    def to_json(self) -> dict[str, Any]:
+        v = self.value.to_json() if isinstance(self.value, Histogram) else self.value
+        return {"name": self.name, "type": self.type, "labels": dict(self.labels), "value": v, "ts": self.ts}
+
+
+@dataclass(frozen=True)
+class Report:
+    node: str
+    site: str
+    stream: str  # random id of the agent's spool; a new spool starts a new sequence
+    seq: int
+    agent_start: float  # process start, agent clock: a change means the agent restarted
+    samples: tuple[Sample, ...] = field(default=())
+
+
+def report_body(r: Report) -> dict[str, Any]:
+    return {
+        "version": VERSION,
+        "node": r.node,
+        "site": r.site,
+        "stream": r.stream,
+        "seq": r.seq,
+        "agent_start": r.agent_start,
+        "samples": [s.to_json() for s in r.samples],
+    }
+
+
+def encode(r: Report) -> bytes:
+    """JSON, gzip-compressed (``Content-Encoding: gzip``)."""
+    raw = json.dumps(report_body(r), separators=(",", ":"), allow_nan=False).encode()
+    return gzip.compress(raw, compresslevel=6)
+
+
+class WireError(ValueError):
+    """A report that cannot be applied; ``path`` names the offending field."""
+
+    def __init__(self, path: str, message: str, status: int = 400):
+        self.path = path
+        self.message = message
+        self.status = status
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """Undo Content-Encoding, refusing more than ``limit`` bytes after inflating (a gzip bomb)."""
+    enc = encoding.strip().lower()
+    if enc in ("", "identity"):
+        if len(body) > limit:
+            raise WireError("", f"body larger than {limit} bytes", 413)
+        return body
+    if enc != "gzip":
+        raise WireError("", f"unsupported Content-Encoding {encoding!r} (use gzip)", 415)
+    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(body, limit + 1)
+        if len(out) > limit:
+            raise WireError("", f"body larger than {limit} bytes after decompression", 413)
+        if not d.eof:
+            raise WireError("", "truncated gzip body")
+    except zlib.error as e:
+        raise WireError("", f"broken gzip body: {e}") from None
+    return out
+
+
+def _num(v: Any, path: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise WireError(path, f"expected a number, got {type(v).__name__}")
+    f = float(v)
+    if not math.isfinite(f):
+        raise WireError(path, "must be finite")
+    return f
+
+
+def _str(v: Any, path: str, pattern: re.Pattern[str] | None = None, maxlen: int = MAX_LABEL_VALUE) -> str:
+    if not isinstance(v, str):
+        raise WireError(path, f"expected a string, got {type(v).__name__}")
+    if len(v) > maxlen:
+        raise WireError(path, f"longer than {maxlen} characters")
+    if pattern is not None and not pattern.fullmatch(v):
+        raise WireError(path, f"{v[:40]!r} does not match {pattern.pattern}")
+    return v
+
+
+def _ts(v: Any, path: str) -> float:
+    t = _num(v, path)
+    if not 0 < t < 4_102_444_800:  # 2100-01-01
+        raise WireError(path, "timestamp out of range")
+    return t
+
+
+def _histogram(v: Any, path: str) -> Histogram:
+    if not isinstance(v, dict) or set(v) != {"buckets", "sum", "count"}:
+        raise WireError(path, "histogram value must be an object with exactly buckets, sum, count")
+    b = v["buckets"]
+    if not isinstance(b, list) or not 1 <= len(b) <= 64:
+        raise WireError(path + ".buckets", "expected a list of 1..64 [le, count] pairs")
+    out: list[tuple[float, float]] = []
+    prev_le, prev_c = -math.inf, 0.0
+    for i, pair in enumerate(b):
+        p = f"{path}.buckets[{i}]"
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise WireError(p, "expected [le, count]")
+        le_raw, c_raw = pair
+        le = math.inf if le_raw == "+Inf" else _num(le_raw, p + "[0]")
+        c = _num(c_raw, p + "[1]")
+        if le <= prev_le:
+            raise WireError(p, "bucket bounds must increase")
+        if c < prev_c:
+            raise WireError(p, "bucket counts must be cumulative")
+        out.append((le, c))
+        prev_le, prev_c = le, c
+    if not math.isinf(out[-1][0]):
+        raise WireError(path + ".buckets", 'last bucket must be "+Inf"')
+    count = _num(v["count"], path + ".count")
+    if count != out[-1][1]:
+        raise WireError(path + ".count", "must equal the +Inf bucket")
+    return Histogram(tuple(out), _num(v["sum"], path + ".sum"), count)
+
+
+def parse(obj: Any) -> Report:
+    """Validate a decoded JSON report; raise WireError naming the first bad field."""
+    if not isinstance(obj, dict):
+        raise WireError("", "report must be a JSON object")
+    known = {"version", "node", "site", "stream", "seq", "agent_start", "samples"}
+    extra = set(obj) - known
+    if extra:
+        raise WireError(sorted(extra)[0], "unknown field")
+    for k in sorted(known):
+        if k not in obj:
+            raise WireError(k, "missing")
+    if obj["version"] != VERSION:
+        raise WireError("version", f"unsupported version {obj['version']!r} (this collector speaks {VERSION})")
+    node = _str(obj["node"], "node", ID_RE, MAX_ID)
+    site = _str(obj["site"], "site", ID_RE, MAX_ID)
+    stream = _str(obj["stream"], "stream", STREAM_RE, 32)
+    seq = obj["seq"]
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq < 2**63:
+        raise WireError("seq", "must be an integer >= 1")
+    agent_start = _ts(obj["agent_start"], "agent_start")
+    raw = obj["samples"]
+    if not isinstance(raw, list):
+        raise WireError("samples", "expected a list")
+    if len(raw) > MAX_SAMPLES:
+        raise WireError("samples", f"more than {MAX_SAMPLES} samples", 413)
+    samples = []
+    for i, s in enumerate(raw):
+        samples.append(_sample(s, f"samples[{i}]"))
+    return Report(node, site, stream, seq, agent_start, tuple(samples))
+
+
+def _sample(s: Any, path: str) -> Sample:
+    if not isinstance(s, dict):
+        raise WireError(path, "expected an object")
+    if set(s) != {"name", "type", "labels", "value", "ts"}:
+        raise WireError(path, "expected exactly the fields name, type, labels, value, ts")
+    name = _str(s["name"], path + ".name", maxlen=128)
+    spec = METRICS.get(name)
+    if spec is None:
+        raise WireError(path + ".name", f"unknown metric {name[:80]!r}")
+    if s["type"] != spec.type:
+        raise WireError(path + ".type", f"{name} is a {spec.type}")
+    labels = s["labels"]
+    if not isinstance(labels, dict):
+        raise WireError(path + ".labels", "expected an object")
+    if len(labels) > MAX_LABELS:
+        raise WireError(path + ".labels", f"more than {MAX_LABELS} labels")
+    pairs = []
+    for k, v in labels.items():
+        lp = f"{path}.labels.{str(k)[:40]}"
+        if not LABEL_RE.fullmatch(k) or k.startswith("__"):
+            raise WireError(lp, "invalid label name")
+        if k in RESERVED_LABELS:
+            raise WireError(lp, "reserved label, set by the collector")
+        if k not in spec.labels:
+            raise WireError(lp, f"{name} has no label {k!r} (allowed: {', '.join(spec.labels) or 'none'})")
+        pairs.append((k, _str(v, lp)))
+    missing = set(spec.labels) - set(labels)
+    if missing:
+        raise WireError(path + ".labels", f"missing label(s) {', '.join(sorted(missing))}")
+    ts = _ts(s["ts"], path + ".ts")
+    value: float | Histogram
+    if spec.type == "histogram":
+        value = _histogram(s["value"], path + ".value")
+    else:
+        value = _num(s["value"], path + ".value")
+        if spec.type == "counter" and value < 0:
+            raise WireError(path + ".value", "a counter cannot be negative")
+    return Sample(name, tuple(sorted(pairs)), value, ts)

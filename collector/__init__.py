@@ -1,0 +1,5 @@
+"""mogli-collector: receives agent reports and exports them to Prometheus."""
+
+from agent import __version__
+
+__all__ = ["__version__"]

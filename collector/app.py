@@ -1,0 +1,170 @@
+"""The collector's HTTP side (aiohttp): ingest, /metrics, health.
+
+Every client error is a 4xx with a JSON body naming the field; nothing a client
+sends produces a 5xx or a partial apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+from html import escape
+from typing import Any
+
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+
+from agent import __version__, wire
+from collector.config import CollectorConfig
+from collector.exposition import registry_for
+from collector.state import State
+from collector.store import Store
+
+log = logging.getLogger("mogli.collector")
+
+STATE_KEY = web.AppKey("state", State)
+CONFIG_KEY = web.AppKey("config", CollectorConfig)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _error(status: int, message: str, path: str = "") -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if path:
+        body["path"] = path
+    return web.json_response(body, status=status)
+
+
+class Auth:
+    """Bearer tokens, stored only as sha256, each bound to one node."""
+
+    def __init__(self, cfg: CollectorConfig):
+        self.required = cfg.require_token
+        self.by_hash = {a.token_sha256: node for node, a in cfg.agents.items()}
+
+    def node_for(self, header: str) -> str | None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        digest = token_hash(token.strip())
+        found = None
+        for h, node in self.by_hash.items():  # constant time per entry; no early exit on match
+            if hmac.compare_digest(h, digest):
+                found = node
+        return found
+
+
+AUTH_KEY = web.AppKey("auth", Auth)
+
+
+async def ingest(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    cfg = request.app[CONFIG_KEY]
+    auth = request.app[AUTH_KEY]
+    bound: str | None = None
+    if auth.required:
+        bound = auth.node_for(request.headers.get("Authorization", ""))
+        if bound is None:
+            state.count("unauthorized")
+            return _error(401, "missing or unknown bearer token")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        state.count("too_large")
+        return _error(413, f"body larger than {cfg.max_body_bytes} bytes")
+    try:
+        body = wire.decompress(raw, request.headers.get("Content-Encoding", ""), cfg.max_body_bytes)
+        try:
+            obj = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise wire.WireError("", f"body is not JSON: {e}") from None
+        report = wire.parse(obj)
+    except wire.WireError as e:
+        state.count("too_large" if e.status == 413 else "bad_request")
+        return _error(e.status, e.message, e.path)
+    except RecursionError:
+        state.count("bad_request")
+        return _error(400, "body nested too deeply")
+    if bound is not None and bound != report.node:
+        state.count("forbidden")
+        return _error(403, f"this token belongs to another node, not {report.node!r}", "node")
+    now = time.time()
+    result = state.apply(report, now)
+    state.count(result)
+    return web.json_response({"node": report.node, "stream": report.stream, "seq": report.seq, "result": result})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    snap = state.snapshot(time.time())
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    registry = registry_for(lambda _now: snap)
+    # render off the event loop so ingest keeps flowing during a large scrape
+    data = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
+    resp = web.Response(body=data)
+    resp.headers["Content-Type"] = content_type
+    return resp
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "version": __version__})
+
+
+async def index(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    now = time.time()
+    rows = []
+    for node, n in sorted(state.nodes.items()):
+        up = now - n.last_report <= state.stale_after
+        rows.append(f"<tr><td>{escape(node)}</td><td>{escape(n.site)}</td><td>{'up' if up else 'DOWN'}</td>"
+                    f"<td>{now - n.last_report:.0f} s ago</td></tr>")
+    html = (
+        "<!doctype html><html><head><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+        "<meta http-equiv=refresh content=10><title>mogli-collector</title></head><body>"
+        f"<h1>mogli-collector {__version__}</h1><table><tr><th>node</th><th>site</th><th>state</th>"
+        f"<th>last report</th></tr>{''.join(rows)}</table>"
+        "<p><a href=/metrics>/metrics</a> · <a href=/healthz>/healthz</a></p></body></html>"
+    )
+    return web.Response(text=html, content_type="text/html")
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        resp: web.StreamResponse = await handler(request)
+        return resp
+    except web.HTTPRequestEntityTooLarge as e:
+        return _error(413, e.text or "request too large")
+    except web.HTTPException as e:
+        if e.status >= 400:
+            return _error(e.status, e.reason)
+        raise
+
+
+def make_app(cfg: CollectorConfig, store: Store | None = None) -> web.Application:
+    # client_max_size bounds the compressed body; decompress() bounds the inflated one
+    app = web.Application(
+        client_max_size=cfg.max_body_bytes,
+        middlewares=[errors_as_json],
+        handler_args={"auto_decompress": False},  # we inflate ourselves, with a size bound
+    )
+    store = store or Store(cfg.state_path)
+    app[STATE_KEY] = State(store, cfg.stale_after)
+    app[CONFIG_KEY] = cfg
+    app[AUTH_KEY] = Auth(cfg)
+    app.router.add_post("/api/v1/reports", ingest)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/", index)
+
+    async def close_store(app: web.Application) -> None:
+        app[STATE_KEY].store.close()
+
+    app.on_cleanup.append(close_store)
+    return app

@@ -1,0 +1,58 @@
+"""The collector's configuration (see collector/example.yml for every key, commented)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.confload import check, load_file, load_text
+from agent.wire import ID_RE
+
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    host: str = "127.0.0.1"
+    port: int = field(default=9630, metadata=check(min=0, max=65535))
+
+
+@dataclass(frozen=True)
+class AgentEntry:
+    # sha256 of the node's bearer token, lower-case hex (`mogli-collector add-agent NODE` prints it)
+    token_sha256: str = field(metadata=check(pattern=SHA256_RE.pattern))
+
+
+def _nodes(v: dict[str, AgentEntry]) -> str | None:
+    for node in v:
+        if not ID_RE.fullmatch(node):
+            return f"node id {node!r} must match {ID_RE.pattern}"
+    hashes = [a.token_sha256 for a in v.values()]
+    if len(set(hashes)) != len(hashes):
+        return "two nodes share one token"
+    return None
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    state_path: str = "/var/lib/mogli-collector/state.db"
+    stale_after: float = field(default=60.0, metadata=check(min=1, max=86400))
+    max_body_bytes: int = field(default=8_000_000, metadata=check(min=10_000, max=512_000_000))
+    require_token: bool = True
+    agents: dict[str, AgentEntry] = field(default_factory=dict, metadata=check(validate=_nodes))
+    log_level: str = field(default="info", metadata=check(pattern="debug|info|warning|error"))
+
+    def validate(self) -> list[tuple[str, str]]:
+        if self.require_token and not self.agents:
+            return [("agents", "require_token is true but no agents are listed: nobody could report")]
+        return []
+
+
+def load(path: str | Path) -> CollectorConfig:
+    return load_file(path, CollectorConfig)
+
+
+def loads(text: str, file: str = "<config>") -> CollectorConfig:
+    return load_text(text, CollectorConfig, file)
