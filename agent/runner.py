@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import __version__, wire
+from agent.catalog import METRICS
 from agent.config import AgentConfig, probe_list
 from agent.probes import PROBES
 from agent.probes.base import ProbeResult, reason_of
@@ -75,11 +76,19 @@ def record(
     if not ok:
         rec.inc("mogli_probe_failures_total", tuple(sorted((*base, ("reason", reason)))), 1, ts)
     for name, extra, v in result.gauges:
-        rec.gauge(name, tuple(sorted(base + extra)), v, ts)
+        rec.gauge(name, _labels(name, base, extra), v, ts)
     for name, extra, v in result.counters:
-        rec.inc(name, tuple(sorted(base + extra)), v, ts)
+        rec.inc(name, _labels(name, base, extra), v, ts)
     for name, extra, v in result.observations:
-        rec.observe(name, tuple(sorted(base + extra)), v, ts)
+        rec.observe(name, _labels(name, base, extra), v, ts)
+
+
+def _labels(name: str, base: Labels, extra: Labels) -> Labels:
+    """A probe's own values carry probe/target only where the catalog gives the metric those labels
+    (mogli_icmp_* do; mogli_interface_*{interface} from the interfaces probe do not)."""
+    if "target" in METRICS[name].labels:
+        return tuple(sorted(base + extra))
+    return extra
 
 
 class Agent:
