@@ -40,10 +40,10 @@ lint: venv
 	$(BIN)/mypy
 
 demo: deps venv
-	$(BIN)/python -m tests.demo
+	$(BIN)/python -m demo
 
 bench: deps venv
-	$(BIN)/python -m tests.bench
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .demo .bench test-artifacts
