@@ -30,6 +30,8 @@ class CollectorConfig:
     timeout: float = field(default=10.0, metadata=check(min=0.5, max=300))
     report_interval: float = field(default=5.0, metadata=check(min=0.2, max=600))
     backoff_max: float = field(default=60.0, metadata=check(min=0.5, max=3600))
+    # Backlog batches replayed per second after an outage; the newest (live) batch always goes first.
+    replay_rate: float = field(default=20.0, metadata=check(min=0.1, max=10000))
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,13 @@ sends produces a 5xx or a partial apply.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import time
+from dataclasses import dataclass
 from html import escape
 from typing import Any
 
@@ -19,14 +21,26 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from agent import __version__, wire
+from agent.wire import Sample
+from collector import remote_write
 from collector.config import CollectorConfig
 from collector.exposition import registry_for
+from collector.inventory import Inventory
 from collector.state import State
 from collector.store import Store
 
 log = logging.getLogger("mogli.collector")
 
 STATE_KEY = web.AppKey("state", State)
+
+
+@dataclass
+class Extras:
+    writer: remote_write.Writer | None
+    inventory: Inventory | None
+
+
+EXTRAS_KEY = web.AppKey("extras", Extras)
 CONFIG_KEY = web.AppKey("config", CollectorConfig)
 
 
@@ -95,16 +109,36 @@ async def ingest(request: web.Request) -> web.Response:
         state.count("forbidden")
         return _error(403, f"this token belongs to another node, not {report.node!r}", "node")
     now = time.time()
-    result = state.apply(report, now)
+    sent_at = _header_float(request, wire.SENT_AT_HEADER, 0, 4_102_444_800)
+    rtt = _header_float(request, wire.LAST_RTT_HEADER, 0, 600)
+    oldest = _header_float(request, wire.SPOOL_OLDEST_HEADER, 1, 2**53)
+    result = state.apply(report, now, sent_at, rtt, int(oldest) if oldest is not None else None)
+    writer = request.app[EXTRAS_KEY].writer
+    if result == "applied" and writer is not None:
+        writer.wakeup.set()
     state.count(result)
     return web.json_response({"node": report.node, "stream": report.stream, "seq": report.seq, "result": result})
+
+
+def _header_float(request: web.Request, name: str, lo: float, hi: float) -> float | None:
+    """A numeric header, or None when absent or not a sane number (it only feeds an estimate)."""
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    try:
+        v = float(raw)
+    except ValueError:
+        return None
+    return v if lo <= v <= hi else None
 
 
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     snap = state.snapshot(time.time())
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    registry = registry_for(lambda _now: snap)
+    extras = request.app[EXTRAS_KEY]
+    pending = state.store.backfill_pending()[1] if extras.writer is not None else 0
+    registry = registry_for(lambda _now: snap, extras.inventory, extras.writer, pending)
     # render off the event loop so ingest keeps flowing during a large scrape
     data = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
     resp = web.Response(body=data)
@@ -147,7 +181,7 @@ async def errors_as_json(request: web.Request, handler: Any) -> web.StreamRespon
         raise
 
 
-def make_app(cfg: CollectorConfig, store: Store | None = None) -> web.Application:
+def make_app(cfg: CollectorConfig, store: Store | None = None, inv: Inventory | None = None) -> web.Application:
     # client_max_size bounds the compressed body; decompress() bounds the inflated one
     app = web.Application(
         client_max_size=cfg.max_body_bytes,
@@ -155,7 +189,21 @@ def make_app(cfg: CollectorConfig, store: Store | None = None) -> web.Applicatio
         handler_args={"auto_decompress": False},  # we inflate ourselves, with a size bound
     )
     store = store or Store(cfg.state_path)
-    app[STATE_KEY] = State(store, cfg.stale_after)
+    rw = cfg.remote_write
+    backfill = None
+    writer = None
+    if rw.url:
+        instance = rw.instance or f"{cfg.listen.host}:{cfg.listen.port}"
+
+        def backfill(node: str, site: str, samples: list[Sample]) -> list[tuple[int, bytes]]:
+            extra = (("instance", instance), ("job", rw.job), ("node", node), ("site", site))
+            bodies = remote_write.build_bodies(samples, extra, rw.max_samples_per_request)
+            per = -(-len(samples) // max(1, len(bodies)))
+            return [(per, b) for b in bodies]
+
+        writer = remote_write.Writer(rw.url, rw.timeout, store)
+    app[STATE_KEY] = State(store, cfg.stale_after, cfg.max_clock_offset, rw.late_after, backfill)
+    app[EXTRAS_KEY] = Extras(writer, inv)
     app[CONFIG_KEY] = cfg
     app[AUTH_KEY] = Auth(cfg)
     app.router.add_post("/api/v1/reports", ingest)
@@ -163,8 +211,14 @@ def make_app(cfg: CollectorConfig, store: Store | None = None) -> web.Applicatio
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/", index)
 
-    async def close_store(app: web.Application) -> None:
+    async def background(app: web.Application) -> Any:
+        task = asyncio.create_task(writer.run()) if writer is not None else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         app[STATE_KEY].store.close()
 
-    app.on_cleanup.append(close_store)
+    app.cleanup_ctx.append(background)
     return app

@@ -35,12 +35,32 @@ def _nodes(v: dict[str, AgentEntry]) -> str | None:
 
 
 @dataclass(frozen=True)
+class RemoteWriteConfig:
+    # Prometheus remote-write endpoint for late samples (replayed spools), e.g.
+    # http://127.0.0.1:9090/api/v1/write (Prometheus needs --web.enable-remote-write-receiver
+    # and storage.tsdb.out_of_order_time_window). Empty: no backfill.
+    url: str = ""
+    # Labels the scrape adds, so backfilled samples land in the same series as scraped ones.
+    job: str = "mogli"
+    instance: str = ""  # default: listen.host:listen.port, as in the scrape config
+    # Samples measured longer ago than this when they arrive count as late and are backfilled.
+    late_after: float = field(default=20.0, metadata=check(min=1, max=86400))
+    timeout: float = field(default=10.0, metadata=check(min=0.5, max=300))
+    max_samples_per_request: int = field(default=5000, metadata=check(min=1, max=100_000))
+
+
+@dataclass(frozen=True)
 class CollectorConfig:
     listen: ListenConfig = field(default_factory=ListenConfig)
     state_path: str = "/var/lib/mogli-collector/state.db"
     stale_after: float = field(default=60.0, metadata=check(min=1, max=86400))
     max_body_bytes: int = field(default=8_000_000, metadata=check(min=10_000, max=512_000_000))
     require_token: bool = True
+    # The event's inventory (site, nodes with coordinates, cameras), rendered by Ansible. Empty: none.
+    inventory: str = ""
+    # When an agent's clock is off by more than this, its sample timestamps are corrected.
+    max_clock_offset: float = field(default=5.0, metadata=check(min=0.001, max=86400 * 365))
+    remote_write: RemoteWriteConfig = field(default_factory=RemoteWriteConfig)
     agents: dict[str, AgentEntry] = field(default_factory=dict, metadata=check(validate=_nodes))
     log_level: str = field(default="info", metadata=check(pattern="debug|info|warning|error"))
 

@@ -59,13 +59,23 @@ def test_ack_names_the_batch_and_replay_is_not_applied_twice(collector: int) -> 
     assert sample_value(m, "mogli_collector_duplicate_batches_total", node="stiftsplatz") >= 1
 
 
-def test_gap_in_sequence_is_counted(collector: int) -> None:
+def test_out_of_order_batches_apply_once_and_dropped_ones_are_counted(collector: int) -> None:
     stream = "5555666677778888"
-    assert _post(collector, _body(seq=1, stream=stream))[0] == 200
-    before = sample_value(scrape(collector), "mogli_collector_missing_batches_total", node="stiftsplatz") or 0
-    assert _post(collector, _body(seq=5, stream=stream))[0] == 200
-    after = sample_value(scrape(collector), "mogli_collector_missing_batches_total", node="stiftsplatz")
-    assert after == before + 3
+
+    def missing() -> float:
+        return sample_value(scrape(collector), "mogli_collector_missing_batches_total", node="stiftsplatz") or 0
+
+    assert _post(collector, _body(seq=1, stream=stream))[1]["result"] == "applied"
+    before = missing()
+    # live first: 9 arrives while 5..8 are still in the agent's spool (oldest 5): nothing missing yet
+    assert _post(collector, _body(seq=9, stream=stream), **{"Mogli-Spool-Oldest": "5"})[1]["result"] == "applied"
+    assert missing() == before + 3  # 2, 3, 4 were dropped from the agent's full spool
+    assert _post(collector, _body(seq=6, stream=stream), **{"Mogli-Spool-Oldest": "5"})[1]["result"] == "applied"
+    assert _post(collector, _body(seq=5, stream=stream), **{"Mogli-Spool-Oldest": "5"})[1]["result"] == "applied"
+    for seq in (1, 5, 6, 9):
+        assert _post(collector, _body(seq=seq, stream=stream))[1]["result"] == "duplicate"
+    assert _post(collector, _body(seq=7, stream=stream), **{"Mogli-Spool-Oldest": "7"})[1]["result"] == "applied"
+    assert missing() == before + 3
 
 
 @pytest.mark.parametrize(
