@@ -13,8 +13,7 @@ import hmac
 import json
 import logging
 import time
-from dataclasses import dataclass
-from html import escape
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +26,8 @@ from collector.config import CollectorConfig
 from collector.exposition import registry_for
 from collector.inventory import Inventory
 from collector.state import State
+from collector.status import StatusTracker, render_html
+from collector.status import status as status_of
 from collector.store import Store
 
 log = logging.getLogger("mogli.collector")
@@ -38,6 +39,7 @@ STATE_KEY = web.AppKey("state", State)
 class Extras:
     writer: remote_write.Writer | None
     inventory: Inventory | None
+    tracker: StatusTracker = field(default_factory=StatusTracker)
 
 
 EXTRAS_KEY = web.AppKey("extras", Extras)
@@ -150,22 +152,19 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "version": __version__})
 
 
-async def index(request: web.Request) -> web.Response:
+def _status(request: web.Request) -> dict[str, Any]:
     state = request.app[STATE_KEY]
-    now = time.time()
-    rows = []
-    for node, n in sorted(state.nodes.items()):
-        up = now - n.last_report <= state.stale_after
-        rows.append(f"<tr><td>{escape(node)}</td><td>{escape(n.site)}</td><td>{'up' if up else 'DOWN'}</td>"
-                    f"<td>{now - n.last_report:.0f} s ago</td></tr>")
-    html = (
-        "<!doctype html><html><head><meta charset=utf-8><meta name=viewport content='width=device-width'>"
-        "<meta http-equiv=refresh content=10><title>mogli-collector</title></head><body>"
-        f"<h1>mogli-collector {__version__}</h1><table><tr><th>node</th><th>site</th><th>state</th>"
-        f"<th>last report</th></tr>{''.join(rows)}</table>"
-        "<p><a href=/metrics>/metrics</a> · <a href=/healthz>/healthz</a></p></body></html>"
-    )
-    return web.Response(text=html, content_type="text/html")
+    extras = request.app[EXTRAS_KEY]
+    return status_of(state.snapshot(time.time()), extras.inventory, extras.tracker)
+
+
+async def api_status(request: web.Request) -> web.Response:
+    return web.json_response(_status(request))
+
+
+async def index(request: web.Request) -> web.Response:
+    lang = "en" if request.query.get("lang") == "en" else "de"
+    return web.Response(text=render_html(_status(request), lang), content_type="text/html")
 
 
 @web.middleware
@@ -210,6 +209,7 @@ def make_app(cfg: CollectorConfig, store: Store | None = None, inv: Inventory | 
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/", index)
+    app.router.add_get("/api/v1/status", api_status)
 
     async def background(app: web.Application) -> Any:
         task = asyncio.create_task(writer.run()) if writer is not None else None
