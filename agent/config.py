@@ -27,6 +27,8 @@ class CollectorConfig:
     url: str = field(default="http://127.0.0.1:9630/api/v1/reports", metadata=check(validate=_url))
     token_file: str = ""  # file holding this node's bearer token (0600); empty: send no token
     ca_file: str = ""  # CA bundle to verify an https collector; empty: system CAs
+    client_cert_file: str = ""  # client certificate (PEM) when the collector requires one
+    client_key_file: str = ""
     timeout: float = field(default=10.0, metadata=check(min=0.5, max=300))
     report_interval: float = field(default=5.0, metadata=check(min=0.2, max=600))
     backoff_max: float = field(default=60.0, metadata=check(min=0.5, max=3600))

@@ -57,9 +57,12 @@ class Sender:
         self.last_rtt: float | None = None
 
     def _ssl(self) -> ssl.SSLContext | bool:
-        if self.cfg.url.startswith("https:") and self.cfg.ca_file:
-            return ssl.create_default_context(cafile=self.cfg.ca_file)
-        return True
+        if not self.cfg.url.startswith("https:"):
+            return True
+        ctx = ssl.create_default_context(cafile=self.cfg.ca_file or None)
+        if self.cfg.client_cert_file:
+            ctx.load_cert_chain(self.cfg.client_cert_file, self.cfg.client_key_file or None)
+        return ctx
 
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None:

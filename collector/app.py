@@ -39,7 +39,10 @@ STATE_KEY = web.AppKey("state", State)
 class Extras:
     writer: remote_write.Writer | None
     inventory: Inventory | None
+    limiter: RateLimiter
     tracker: StatusTracker = field(default_factory=StatusTracker)
+    # rendered /metrics: (state version, content type, second) -> body
+    cache: dict[tuple[int, str, int], bytes] = field(default_factory=dict)
 
 
 EXTRAS_KEY = web.AppKey("extras", Extras)
@@ -79,6 +82,26 @@ class Auth:
 AUTH_KEY = web.AppKey("auth", Auth)
 
 
+class RateLimiter:
+    """A token bucket per key (the node a token is bound to, else the client address)."""
+
+    def __init__(self, per_second: float, burst: int):
+        self.rate = per_second
+        self.burst = float(burst)
+        self.buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, key: str, now: float) -> bool:
+        tokens, last = self.buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            self.buckets[key] = (tokens, now)
+            return False
+        self.buckets[key] = (tokens - 1.0, now)
+        if len(self.buckets) > 100_000:  # strangers cycling addresses cannot grow this forever
+            self.buckets.clear()
+        return True
+
+
 async def ingest(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     cfg = request.app[CONFIG_KEY]
@@ -89,6 +112,9 @@ async def ingest(request: web.Request) -> web.Response:
         if bound is None:
             state.count("unauthorized")
             return _error(401, "missing or unknown bearer token")
+    if not request.app[EXTRAS_KEY].limiter.allow(bound or request.remote or "?", time.monotonic()):
+        state.count("throttled")
+        return _error(429, "too many reports; slow down")
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -135,14 +161,21 @@ def _header_float(request: web.Request, name: str, lo: float, hi: float) -> floa
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Render from a snapshot in a worker thread; reuse the bytes while nothing changed (same second)."""
     state = request.app[STATE_KEY]
-    snap = state.snapshot(time.time())
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     extras = request.app[EXTRAS_KEY]
-    pending = state.store.backfill_pending()[1] if extras.writer is not None else 0
-    registry = registry_for(lambda _now: snap, extras.inventory, extras.writer, pending)
-    # render off the event loop so ingest keeps flowing during a large scrape
-    data = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
+    now = time.time()
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    key = (state.version, content_type, int(now))
+    data = extras.cache.get(key)
+    if data is None:
+        snap = state.snapshot(now)
+        pending = state.store.backfill_pending()[1] if extras.writer is not None else 0
+        registry = registry_for(lambda _now: snap, extras.inventory, extras.writer, pending)
+        # render off the event loop so ingest keeps flowing during a large scrape
+        data = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
+        extras.cache.clear()
+        extras.cache[key] = data
     resp = web.Response(body=data)
     resp.headers["Content-Type"] = content_type
     return resp
@@ -202,7 +235,7 @@ def make_app(cfg: CollectorConfig, store: Store | None = None, inv: Inventory | 
 
         writer = remote_write.Writer(rw.url, rw.timeout, store)
     app[STATE_KEY] = State(store, cfg.stale_after, cfg.max_clock_offset, rw.late_after, backfill)
-    app[EXTRAS_KEY] = Extras(writer, inv)
+    app[EXTRAS_KEY] = Extras(writer, inv, RateLimiter(cfg.rate_limit.per_second, cfg.rate_limit.burst))
     app[CONFIG_KEY] = cfg
     app[AUTH_KEY] = Auth(cfg)
     app.router.add_post("/api/v1/reports", ingest)

@@ -75,7 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         "collector %s listening on %s:%d, %d agents known", __version__, cfg.listen.host, cfg.listen.port,
         len(cfg.agents),
     )
-    web.run_app(app, host=cfg.listen.host, port=cfg.listen.port, print=None, access_log=None)
+    ssl_context = None
+    if cfg.tls.cert_file:
+        import ssl
+
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(cfg.tls.cert_file, cfg.tls.key_file)
+        if cfg.tls.client_ca_file:
+            ssl_context.load_verify_locations(cfg.tls.client_ca_file)
+            ssl_context.verify_mode = ssl.CERT_REQUIRED
+    web.run_app(app, host=cfg.listen.host, port=cfg.listen.port, print=None, access_log=None,
+                ssl_context=ssl_context)
     return 0
 
 
