@@ -36,7 +36,7 @@ test: deps venv
 	$(BIN)/pytest -q -ra
 
 lint: venv
-	$(BIN)/ruff check agent collector tests
+	$(BIN)/ruff check agent collector tests demo bench
 	$(BIN)/mypy
 
 demo: deps venv
