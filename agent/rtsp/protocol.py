@@ -323,10 +323,8 @@ def digest_response(
     ha1 = h(f"{username}:{realm}:{password}".encode())
     if sess:
         ha1 = h(f"{ha1}:{nonce}:{cnonce}".encode())
-    if qop == "auth-int":
-        ha2 = h(f"{method}:{uri}:{h(body)}".encode())
-    else:
-        ha2 = h(f"{method}:{uri}".encode())
+    a2 = f"{method}:{uri}:{h(body)}" if qop == "auth-int" else f"{method}:{uri}"
+    ha2 = h(a2.encode())
     if qop:
         return h(f"{ha1}:{nonce}:{nc:08x}:{cnonce}:{qop}:{ha2}".encode())
     return h(f"{ha1}:{nonce}:{ha2}".encode())
