@@ -336,3 +336,22 @@ def test_rtp_duplicates_make_loss_negative_like_rfc3550() -> None:
     for seq in (1, 2, 2, 3):
         s.add(rtp(seq, 0), 0.0)
     assert (s.expected, s.packets, s.lost) == (3, 4, -1)
+
+
+# ---------------------------------------------------------------------------------------- camera guard
+def test_camera_guard_backoff_doubles_with_jitter_caps_and_resets() -> None:
+    import random
+
+    from agent.probes.rtsp import CameraGuard
+
+    g = CameraGuard(rng=random.Random(1))
+    delays = []
+    for _ in range(8):
+        g.failed(100.0, "refused", base=60, cap=900)
+        delays.append(g.backoff)
+        assert g.not_before == 100.0 + g.backoff
+    bounds = [min(900, 60 * 2**n) for n in range(8)]
+    assert all(0.5 * b <= d <= b for d, b in zip(delays, bounds, strict=True)), delays
+    assert len(set(delays)) == len(delays)  # jittered: two agents after one outage do not retry in step
+    g.succeeded()
+    assert (g.failures, g.backoff) == (0, 0.0) and g.not_before < 0
