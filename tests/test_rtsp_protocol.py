@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -355,3 +356,30 @@ def test_camera_guard_backoff_doubles_with_jitter_caps_and_resets() -> None:
     assert len(set(delays)) == len(delays)  # jittered: two agents after one outage do not retry in step
     g.succeeded()
     assert (g.failures, g.backoff) == (0, 0.0) and g.not_before < 0
+
+
+# ---------------------------------------------------------------------------------------- config
+def test_example_yml_rtsp_block_loads_once_uncommented(tmp_path: Path) -> None:
+    """The commented rtsp block in agent/example.yml is valid config with the documented defaults."""
+    from helpers import ROOT
+
+    from agent import config as agent_config
+
+    text = (ROOT / "agent" / "example.yml").read_text()
+    start = text.index("  # rtsp:\n")
+    block = []
+    for line in text[start:].splitlines():
+        if not line.startswith("  #"):
+            break
+        block.append("  " + line[4:])
+    pw = tmp_path / "pw"
+    pw.write_text("secret\n")
+    body = "\n".join(block).replace("/etc/mogli-agent/cam-buehne-links.pw", str(pw))
+    cfg = agent_config.loads("node: n1\nsite: s1\nprobes:\n" + body + "\n")
+    (cam,) = cfg.probes.rtsp
+    assert (cam.name, cam.interval, cam.timeout, cam.play_seconds, cam.min_session_gap, cam.backoff_max) == (
+        "cam-buehne-links", 60, 10, 3, 5, 900)
+    assert "secret" not in repr(cam)
+    defaults = agent_config.loads("node: n1\nsite: s1\nprobes: {rtsp: [{target: 'rtsp://h/x'}]}\n").probes.rtsp[0]
+    assert (defaults.interval, defaults.timeout, defaults.play_seconds, defaults.min_session_gap,
+            defaults.backoff_base, defaults.backoff_max) == (60, 10, 0, 5, 0, 900)
