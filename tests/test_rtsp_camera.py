@@ -237,3 +237,38 @@ def test_cli_rejects_credentials_in_the_url() -> None:
     assert r.returncode == 2
     assert "<command line>:1: target: must not contain credentials" in r.stderr
     assert "Traceback" not in r.stderr and "geheim" not in r.stderr
+
+
+def test_agent_reports_camera_metrics_through_the_collector(cams: dict[str, Camera], tmp_path: Path) -> None:
+    """The whole path: agent with an rtsp probe -> collector /metrics, names and labels promtool accepts.
+    (interval 4: the agent starts each probe at a stable offset within its interval.)"""
+    from helpers import sample_value, scrape, start_agent, start_collector, write_agent_config, write_collector_config
+
+    cport = free_port()
+    collector = start_collector(tmp_path, cport, write_collector_config(tmp_path, cport, {"gate": "tok"}))
+    probes = {"rtsp": [{"target": cams["plain"].url, "name": "cam-buehne", "interval": 4, "timeout": 3.5,
+                        "play_seconds": 2, "min_session_gap": 0}]}
+    agent = start_agent(tmp_path, write_agent_config(tmp_path, "gate", "tok", cport, probes))
+    try:
+        lab = {"probe": "rtsp", "target": "cam-buehne", "node": "gate"}
+
+        def played() -> str | None:
+            t = scrape(cport)
+            return t if sample_value(t, "mogli_rtsp_frames_per_second", **lab) is not None else None
+
+        text = wait_until(played, 60, "rtsp metrics at the collector")
+        assert sample_value(text, "mogli_rtsp_stream_info", codec="H264", **lab) == 1
+        assert sample_value(text, "mogli_rtsp_frames_per_second", **lab) == pytest.approx(25, rel=0.15)
+        assert sample_value(text, "mogli_rtsp_rtp_lost_packets_total", **lab) == 0
+        assert (sample_value(text, "mogli_rtsp_rtp_packets_total", **lab) or 0) > 0
+        assert sample_value(text, "mogli_probe_success", **lab) == 1
+        r = subprocess.run([tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True,
+                           timeout=60)
+        # The one finding promtool has is deliberate: the name mogli_rtsp_bitrate_bits_per_second is fixed
+        # (alert rules use it) and bits/s is how video people read bitrate. Anything else must be clean.
+        findings = [ln for ln in (r.stdout + r.stderr).splitlines() if "mogli_rtsp" in ln]
+        assert findings in ([], ['mogli_rtsp_bitrate_bits_per_second use base unit "bytes" instead of "bits"']), \
+            findings
+    finally:
+        agent.stop()
+        collector.stop()
