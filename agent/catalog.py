@@ -46,7 +46,7 @@ _METRICS = [
        "Failed probe runs by reason (timeout, refused, unreachable, permission, protocol, ...)",
        "probe", "target", "reason"),
     _m("mogli_probe_phase_seconds", "gauge",
-       "Duration of one phase (resolve, connect, tls, first_byte) in the last run that reached it",
+       "Duration of one phase (resolve, connect, tls, first_byte, describe) in the last run that reached it",
        "probe", "target", "phase", unit="seconds"),
     # --- the agent itself -----------------------------------------------------------------
     _m("mogli_agent_info", "gauge", "Agent version; always 1", "version"),
