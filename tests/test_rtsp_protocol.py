@@ -21,7 +21,7 @@ from agent.rtsp.protocol import (
     parse_challenges,
 )
 from agent.rtsp.rtp import RtpStats, parse_rtp
-from agent.rtsp.sdp import SdpError, parse_sdp, resolve_control
+from agent.rtsp.sdp import CODECS, SdpError, parse_sdp, resolve_control
 
 # ---------------------------------------------------------------------------------------- requests
 
@@ -173,6 +173,24 @@ def test_challenges_several_in_one_header_with_quoted_commas() -> None:
 def test_challenge_junk_does_not_crash(junk: str) -> None:
     for c in parse_challenges([junk]):
         assert c.scheme
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='Digest Basic realm=nonce"\\,= \tabc123', max_size=80))
+def test_random_challenge_text_terminates_without_errors(text: str) -> None:
+    for c in parse_challenges([text]):
+        assert c.scheme and c.scheme == c.scheme.lower()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_sdp_is_parsed_or_sdp_error(data: bytes) -> None:
+    try:
+        sd = parse_sdp(b"v=0\r\n" + data, "rtsp://h/")
+    except SdpError:
+        return
+    for m in sd.media:  # bounded labels, usable URLs
+        assert m.codec in {*CODECS.values(), "other", "unknown"} and m.control
 
 
 def _401(*challenges: str) -> Response:
