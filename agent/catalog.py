@@ -46,7 +46,7 @@ _METRICS = [
        "Failed probe runs by reason (timeout, refused, unreachable, permission, protocol, ...)",
        "probe", "target", "reason"),
     _m("mogli_probe_phase_seconds", "gauge",
-       "Duration of one phase (resolve, connect, tls, first_byte) in the last run that reached it",
+       "Duration of one phase (resolve, connect, tls, first_byte, describe) in the last run that reached it",
        "probe", "target", "phase", unit="seconds"),
     # --- the agent itself -----------------------------------------------------------------
     _m("mogli_agent_info", "gauge", "Agent version; always 1", "version"),
@@ -58,6 +58,26 @@ _METRICS = [
        "Batches dropped unsent because the spool reached its size or age limit"),
     _m("mogli_agent_send_errors_total", "counter",
        "Failed attempts to deliver a batch to the collector, by reason", "reason"),
+    # --- rtsp: camera probe (agent/probes/rtsp.py); the runner adds probe/target --------------
+    _m("mogli_rtsp_status_code", "gauge",
+       "RTSP status code of the last answer the camera gave (0 before any)", "probe", "target"),
+    _m("mogli_rtsp_stream_info", "gauge",
+       "The camera's first video stream as described by SDP; always 1", "probe", "target", "codec"),
+    _m("mogli_rtsp_frames_per_second", "gauge",
+       "Video frames (RTP marker bits) per second during the last PLAY", "probe", "target", unit="hertz"),
+    _m("mogli_rtsp_bitrate_bits_per_second", "gauge",
+       "RTP bits per second (headers included) during the last PLAY", "probe", "target", unit="bits"),
+    _m("mogli_rtsp_first_frame_seconds", "gauge",
+       "Time from sending PLAY to the end of the first video frame", "probe", "target", unit="seconds"),
+    _m("mogli_rtsp_jitter_seconds", "gauge",
+       "RFC 3550 interarrival jitter at the end of the last PLAY", "probe", "target", unit="seconds"),
+    _m("mogli_rtsp_rtp_packets_total", "counter",
+       "RTP packets received in PLAY sessions", "probe", "target"),
+    _m("mogli_rtsp_rtp_lost_packets_total", "counter",
+       "RTP packets lost in PLAY sessions (sequence number gaps)", "probe", "target"),
+    _m("mogli_rtsp_backoff_seconds", "gauge",
+       "Current extra delay before the next session with a failing camera (0 when healthy)",
+       "probe", "target", unit="seconds"),
 ]
 
 METRICS: dict[str, MetricSpec] = {m.name: m for m in _METRICS}

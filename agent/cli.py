@@ -32,8 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--once", action="store_true", help="one round of every configured probe")
     pr.add_argument("--json", action="store_true", help="machine-readable output")
     pr.add_argument("kind", nargs="?", choices=sorted(PROBES), help="ad hoc probe kind")
-    pr.add_argument("target", nargs="?", help="ad hoc target (tcp: HOST:PORT)")
-    pr.add_argument("--timeout", type=float, default=3.0)
+    pr.add_argument("target", nargs="?", help="ad hoc target (tcp: HOST:PORT, rtsp: rtsp://HOST[:PORT]/PATH)")
+    pr.add_argument("--timeout", type=float, help="seconds (default: the kind's default)")
+    pr.add_argument("--play-seconds", type=float, help="rtsp: PLAY this long and measure the stream")
+    pr.add_argument("--username", help="rtsp: user name")
+    pr.add_argument("--password-file", help="rtsp: file holding the password")
     return p
 
 
@@ -113,8 +116,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
         jobs = probe_list(cfg)
     elif args.kind and args.target:
         pk = PROBES[args.kind]
+        given = {"target": args.target, "timeout": args.timeout, "play_seconds": args.play_seconds,
+                 "username": args.username, "password_file": args.password_file}
+        if args.play_seconds and args.timeout is None:
+            given["timeout"] = args.play_seconds + 10
         try:
-            pcfg = load_text(json.dumps({"target": args.target, "timeout": args.timeout}), pk.config, "<command line>")
+            pcfg = load_text(json.dumps({k: v for k, v in given.items() if v is not None}), pk.config,
+                             "<command line>")
         except ConfigErrors as e:
             return _config_errors(e)
         jobs = [(args.kind, pcfg)]

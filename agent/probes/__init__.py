@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.probes import tcp
+from agent.probes import rtsp, tcp
 from agent.probes.base import ProbeResult
 
 
@@ -19,4 +19,5 @@ class ProbeKind:
 
 PROBES: dict[str, ProbeKind] = {
     "tcp": ProbeKind(tcp.TcpConfig, tcp.run, "TCP connect (and TLS handshake) to HOST:PORT"),
+    "rtsp": ProbeKind(rtsp.RtspConfig, rtsp.run, "RTSP camera: OPTIONS, DESCRIBE (SDP), optional short PLAY"),
 }
