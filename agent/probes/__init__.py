@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.probes import tcp
+from agent.probes import interfaces, system, tcp
 from agent.probes.base import ProbeResult
 
 
@@ -19,4 +19,8 @@ class ProbeKind:
 
 PROBES: dict[str, ProbeKind] = {
     "tcp": ProbeKind(tcp.TcpConfig, tcp.run, "TCP connect (and TLS handshake) to HOST:PORT"),
+    "interfaces": ProbeKind(interfaces.InterfacesConfig, interfaces.run,
+                            "interface counters and link state (target: a label such as 'all')"),
+    "system": ProbeKind(system.SystemConfig, system.run,
+                        "case health: temperatures, load, memory, disk, battery, uptime (target: a label)"),
 }
