@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.probes import interfaces, system, tcp
+from agent.probes import http, interfaces, system, tcp
 from agent.probes.base import ProbeResult
 
 
@@ -19,6 +19,7 @@ class ProbeKind:
 
 PROBES: dict[str, ProbeKind] = {
     "tcp": ProbeKind(tcp.TcpConfig, tcp.run, "TCP connect (and TLS handshake) to HOST:PORT"),
+    "http": ProbeKind(http.HttpConfig, http.run, "HTTP(S) GET/HEAD with phase timings, status, body, cert expiry"),
     "interfaces": ProbeKind(interfaces.InterfacesConfig, interfaces.run,
                             "interface counters and link state (target: a label such as 'all')"),
     "system": ProbeKind(system.SystemConfig, system.run,
