@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.probes import http, interfaces, system, tcp
+from agent.probes import http, interfaces, system, tcp, uplink
 from agent.probes.base import ProbeResult
 
 
@@ -24,4 +24,6 @@ PROBES: dict[str, ProbeKind] = {
                             "interface counters and link state (target: a label such as 'all')"),
     "system": ProbeKind(system.SystemConfig, system.run,
                         "case health: temperatures, load, memory, disk, battery, uptime (target: a label)"),
+    "uplink": ProbeKind(uplink.UplinkConfig, uplink.run,
+                        "default route interface and gateway, and a counter of changes (target: a label)"),
 }
