@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.probes import http, interfaces, system, tcp, uplink
+from agent.probes import http, interfaces, system, tcp, uplink, wifi
 from agent.probes.base import ProbeResult
 
 
@@ -26,4 +26,6 @@ PROBES: dict[str, ProbeKind] = {
                         "case health: temperatures, load, memory, disk, battery, uptime (target: a label)"),
     "uplink": ProbeKind(uplink.UplinkConfig, uplink.run,
                         "default route interface and gateway, and a counter of changes (target: a label)"),
+    "wifi": ProbeKind(wifi.WifiConfig, wifi.run,
+                      "nl80211 station signal/bitrates per interface and configured peers (target: a label)"),
 }
