@@ -78,3 +78,15 @@ def test_disk_free_defaults_to_the_spool_directory() -> None:
     kinds = dict(probe_list(cfg))
     assert kinds["system"].disk_paths == ["/srv/mogli"] and kinds["system"].target == "case"
     assert kinds["interfaces"].target == "all" and kinds["interfaces"].exclude == ["lo"]
+
+
+def test_example_config_documents_these_probe_kinds() -> None:
+    from helpers import ROOT
+
+    from agent.config import load
+
+    cfg = load(ROOT / "agent" / "example.yml")
+    for kind in ("http", "interfaces", "wifi", "uplink", "system"):
+        assert getattr(cfg.probes, kind), f"no {kind} block in example.yml"
+    assert cfg.probes.wifi[0].peers == {"stage-bridge": "02:5e:10:00:00:0a"}
+    assert cfg.probes.uplink[0].names["wwan0"] == "lte"

@@ -99,11 +99,9 @@ def collect(cfg: InterfacesConfig, counters: dict[str, Any]) -> ProbeResult:
     """Values for every selected interface; ``counters`` is psutil.net_io_counters(pernic=True)."""
     r = ProbeResult()
     names = sorted(set(counters) | set(sysfs_interfaces(cfg.sys_root)))
-    shown = []
     for ifname in names:
         if not selected(ifname, cfg.include, cfg.exclude):
             continue
-        shown.append(ifname)
         c = counters.get(ifname)
         if c is not None:
             for attr, metric in _COUNTERS:
@@ -116,7 +114,12 @@ def collect(cfg: InterfacesConfig, counters: dict[str, Any]) -> ProbeResult:
                           ("mogli_interface_mtu_bytes", st.mtu)):
             if v is not None:
                 r.gauge(metric, v, interface=ifname)
-    r.detail["interfaces"] = " ".join(shown)
+        state = "up" if st.up else "down"
+        if st.carrier == 0:
+            state += ",no-carrier"
+        speed = f" {st.speed_bytes * 8 / 1e6:g}Mbit/s" if st.speed_bytes else ""
+        traffic = f" rx={c.bytes_recv} tx={c.bytes_sent}" if c is not None else ""
+        r.detail[ifname] = f"{state}{speed}{traffic}"
     return r
 
 

@@ -11,6 +11,7 @@ are pure functions, tested with pyroute2 messages and byte fixtures.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,8 +170,12 @@ def report_proc(cfg: WifiConfig, links: dict[str, ProcLink], result: ProbeResult
 
 async def _nl80211(cfg: WifiConfig, result: ProbeResult) -> None:
     import fnmatch
+    import importlib
 
-    from pyroute2.iwutil import AsyncIW
+    # pyroute2 takes ~0.3 s to import: do it in a thread the first time, so the event loop (and the
+    # timing of every other probe) does not stall; later runs find it in sys.modules.
+    iwutil = await asyncio.to_thread(importlib.import_module, "pyroute2.iwutil")
+    AsyncIW = iwutil.AsyncIW
 
     async with AsyncIW() as iw:
         await iw.setup_endpoint()
