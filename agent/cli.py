@@ -111,10 +111,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
         except ConfigErrors as e:
             return _config_errors(e)
         jobs = probe_list(cfg)
-    elif args.kind and args.target:
+    elif args.kind:
         pk = PROBES[args.kind]
-        try:
-            pcfg = load_text(json.dumps({"target": args.target, "timeout": args.timeout}), pk.config, "<command line>")
+        given = {"timeout": args.timeout} | ({"target": args.target} if args.target else {})
+        try:  # kinds whose target is only a label (interfaces, system, uplink, wifi) have a default
+            pcfg = load_text(json.dumps(given), pk.config, "<command line>")
         except ConfigErrors as e:
             return _config_errors(e)
         jobs = [(args.kind, pcfg)]

@@ -120,3 +120,19 @@ def test_veth_carrier_flaps_are_counted_and_traffic_grows_bytes() -> None:
             assert pk1 - pk0 >= 200
         finally:
             probe.close()
+
+
+def test_recorder_keeps_kernel_counters_as_is_across_a_restart_of_the_agent() -> None:
+    lab = (("interface", "eth0"),)
+    rec = Recorder()
+    rec.set_total("mogli_interface_receive_bytes_total", lab, 9000, 1.0)
+    rec.set_total("mogli_interface_receive_bytes_total", lab, float("nan"), 2.0)  # not a counter value: ignored
+    rec.set_total("mogli_interface_receive_bytes_total", lab, -1, 3.0)
+    saved = rec.dump_totals()
+    assert [s.value for s in rec.drain()] == [9000]
+    again = Recorder()  # the agent restarted; the kernel kept counting
+    again.load_totals(saved)
+    again.set_total("mogli_interface_receive_bytes_total", lab, 9500, 4.0)
+    assert [s.value for s in again.drain()] == [9500]  # the kernel's value, not 9000 + 9500
+    with pytest.raises(ValueError):
+        again.set_total("mogli_interface_receive_bytes_total", (), 1, 5.0)  # labels must match the catalog

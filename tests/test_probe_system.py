@@ -90,3 +90,17 @@ def test_example_config_documents_these_probe_kinds() -> None:
         assert getattr(cfg.probes, kind), f"no {kind} block in example.yml"
     assert cfg.probes.wifi[0].peers == {"stage-bridge": "02:5e:10:00:00:0a"}
     assert cfg.probes.uplink[0].names["wwan0"] == "lte"
+
+
+def test_cli_ad_hoc_probe_of_a_label_only_kind_needs_no_target() -> None:
+    import json
+    import subprocess
+
+    from helpers import BIN
+
+    r = subprocess.run([str(BIN / "mogli-agent"), "probe", "system", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (res,) = json.loads(r.stdout)["results"]
+    assert (res["kind"], res["target"], res["success"]) == ("system", "case", True) and "load1" in res
+    r = subprocess.run([str(BIN / "mogli-agent"), "probe", "http"], capture_output=True, text=True)
+    assert r.returncode == 2 and "target: required key is missing" in r.stderr

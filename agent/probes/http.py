@@ -188,7 +188,12 @@ def _trace(marks: dict[str, Any]) -> aiohttp.TraceConfig:
             marks[key] = time.perf_counter()
         return on
 
-    tc.on_connection_create_start.append(mark("create_start"))
+    async def new_connection(_s: aiohttp.ClientSession, _c: SimpleNamespace, _p: Any) -> None:
+        for key in ("dns_start", "dns_end", "tcp", "cert", "peer", "create_end", "sent"):
+            marks.pop(key, None)  # a redirect to another host: measure the last hop only
+        marks["create_start"] = time.perf_counter()
+
+    tc.on_connection_create_start.append(new_connection)
     tc.on_connection_create_end.append(mark("create_end"))
     tc.on_dns_resolvehost_start.append(mark("dns_start"))
     tc.on_dns_resolvehost_end.append(mark("dns_end"))
