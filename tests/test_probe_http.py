@@ -149,7 +149,11 @@ def test_slow_server_times_out() -> None:
             o = await probe(cfg(target=f"http://127.0.0.1:{port}/slow", timeout=0.3), rec)
             assert (o.ok, o.reason) == (False, "timeout")
             assert 0.3 <= o.duration < 2.5
-            assert _values(rec)[("mogli_probe_failures_total", "timeout")] == 1
+            v = _values(rec)
+            assert v[("mogli_probe_failures_total", "timeout")] == 1
+            # the phases that completed are still reported: the server answered the connect, then stalled
+            assert ("mogli_probe_phase_seconds", "connect") in v
+            assert ("mogli_probe_phase_seconds", "first_byte") not in v
 
     asyncio.run(go())
 
@@ -163,6 +167,8 @@ def test_https_verify_ca_file_tls_phase_and_cert_expiry(certs: dict[str, Path]) 
             url = f"https://localhost:{port}/"
             o = await probe(cfg(target=url))  # self-signed, not in the system CAs
             assert (o.ok, o.reason) == (False, "tls"), o
+            o = await probe(cfg(target=url, ca_file="/nonexistent/ca.pem"))
+            assert (o.ok, o.reason) == (False, "tls") and "ca_file /nonexistent/ca.pem" in str(o.detail["error"])
             rec = Recorder()
             o = await probe(cfg(target=url, ca_file=str(certs["short"])), rec)
             assert o.ok, o
