@@ -77,7 +77,11 @@ class AgentConfig:
 
 
 def probe_list(cfg: AgentConfig) -> list[tuple[str, Any]]:
-    return [(kind, p) for kind in PROBES for p in getattr(cfg.probes, kind)]
+    out = [(kind, p) for kind in PROBES for p in getattr(cfg.probes, kind)]
+    spool_dir = str(Path(cfg.spool.path).parent)
+    # the case-health probe reports the spool's file system unless told otherwise
+    return [(k, dataclasses.replace(p, disk_paths=[spool_dir]) if k == "system" and not p.disk_paths else p)
+            for k, p in out]
 
 
 def load(path: str | Path) -> AgentConfig:

@@ -39,7 +39,7 @@ def machine() -> str:
 
 def fmt(v: Any) -> str:
     if v is None:
-        return "–"
+        return "-"
     if isinstance(v, float):
         if v == 0:
             return "0"
@@ -54,9 +54,9 @@ def fmt(v: Any) -> str:
 def ratio(row: dict[str, Any]) -> str:
     ours, anchor = row.get("ours"), row.get("anchor")
     if not isinstance(ours, int | float) or not isinstance(anchor, int | float) or not ours or not anchor:
-        return "–"
+        return "-"
     r = anchor / ours if row.get("better") == "lower" else ours / anchor
-    return f"{r:.2f}× {'better' if r >= 1 else 'worse'}"
+    return f"{r:.2f}x {'better' if r >= 1 else 'worse'}"
 
 
 def render(results: dict[str, dict[str, Any]]) -> str:
@@ -77,7 +77,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         out += ["| benchmark | ours | anchor | anchor is | unit | ratio | notes |", "|---|---|---|---|---|---|---|"]
         for row in res["rows"]:
             out.append(f"| {row['benchmark']} | {fmt(row.get('ours'))} | {fmt(row.get('anchor'))} | "
-                       f"{row.get('anchor_name') or '–'} | {row.get('unit', '')} | {ratio(row)} | "
+                       f"{row.get('anchor_name') or '-'} | {row.get('unit', '')} | {ratio(row)} | "
                        f"{row.get('notes', '')} |")
         out.append("")
     return "\n".join(out)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import statistics
@@ -22,7 +21,7 @@ from collector.state import State
 from collector.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import free_port, start_collector, write_collector_config  # noqa: E402
+from helpers import free_port, start_collector, write_collector_config
 
 T0 = time.time()
 PER_NODE = 1000
