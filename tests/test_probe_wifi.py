@@ -74,7 +74,7 @@ def test_aggregates_per_interface_and_series_only_for_configured_peers() -> None
     assert g[("mogli_wifi_signal_min_dbm", "")] == -75
     assert g[("mogli_wifi_signal_avg_dbm", "")] == pytest.approx(-62)
     assert g[("mogli_wifi_peer_signal_dbm", "stage-bridge")] == -61
-    assert g[("mogli_wifi_peer_expected_throughput_bits_per_second", "stage-bridge")] == 150e6
+    assert g[("mogli_wifi_peer_expected_throughput_bytes_per_second", "stage-bridge")] == 150e6 / 8
     assert {p for (_, p) in g} == {"", "stage-bridge"}  # nothing for unconfigured stations or absent peers
     c = {(n, dict(lb)["peer"]): v for n, lb, v in r.counter_values}
     assert c == {("mogli_wifi_peer_tx_retries_total", "stage-bridge"): 17,

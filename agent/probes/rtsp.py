@@ -384,7 +384,7 @@ def _report_play(stats: RtpStats, t_play: float, end: float, result: ProbeResult
     fps = stats.frames_per_second
     bps = stats.bits_per_second(until=end)
     result.gauge("mogli_rtsp_frames_per_second", fps)
-    result.gauge("mogli_rtsp_bitrate_bits_per_second", bps)
+    result.gauge("mogli_rtsp_bitrate_bytes_per_second", bps / 8)
     result.gauge("mogli_rtsp_jitter_seconds", stats.jitter_seconds)
     result.count("mogli_rtsp_rtp_packets_total", stats.packets)
     result.count("mogli_rtsp_rtp_lost_packets_total", max(0, stats.lost))

@@ -110,10 +110,13 @@ def report_stations(cfg: WifiConfig, ifname: str, stations: list[Station], resul
         s = by_mac.get(mac.lower())
         if s is None:
             continue
+        def per_byte(bits: float | None) -> float | None:  # nl80211 gives bit/s; Prometheus wants bytes
+            return None if bits is None else bits / 8
+
         for metric, v in (("mogli_wifi_peer_signal_dbm", s.signal_dbm),
-                          ("mogli_wifi_peer_tx_bitrate_bits_per_second", s.tx_bitrate),
-                          ("mogli_wifi_peer_rx_bitrate_bits_per_second", s.rx_bitrate),
-                          ("mogli_wifi_peer_expected_throughput_bits_per_second", s.expected_throughput),
+                          ("mogli_wifi_peer_tx_bitrate_bytes_per_second", per_byte(s.tx_bitrate)),
+                          ("mogli_wifi_peer_rx_bitrate_bytes_per_second", per_byte(s.rx_bitrate)),
+                          ("mogli_wifi_peer_expected_throughput_bytes_per_second", per_byte(s.expected_throughput)),
                           ("mogli_wifi_peer_inactive_seconds", s.inactive_s)):
             if v is not None:
                 result.gauge(metric, v, interface=ifname, peer=peer)
