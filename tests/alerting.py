@@ -4,6 +4,8 @@ receiver that stands in for the staff phone (records every push with its arrival
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import sys
 import threading
 import time
@@ -11,7 +13,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from helpers import ROOT, Proc, free_port, http_get, tool, wait_until
+from helpers import (
+    ROOT,
+    Proc,
+    Prometheus,
+    free_port,
+    http_get,
+    start_agent,
+    start_collector,
+    tool,
+    wait_until,
+    write_agent_config,
+    write_collector_config,
+)
 
 AM_DIR = ROOT / "deploy" / "alertmanager"
 RULES_DIR = ROOT / "deploy" / "prometheus" / "rules"
@@ -97,3 +111,98 @@ def webhook_only_vars(receiver_url: str, **extra: Any) -> dict[str, Any]:
     }
     v.update(extra)
     return v
+
+
+class TcpService:
+    """A listening TCP port on 127.0.0.1 that a probe watches; down() refuses connections, up() restores."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._sock: socket.socket | None = None
+        self.up()
+
+    def up(self) -> None:
+        sock = socket.create_server(("127.0.0.1", self.port))
+        self._sock = sock
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except OSError:
+                    return
+                conn.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def down(self) -> None:
+        if self._sock is not None:
+            self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.close()
+            self._sock = None
+
+
+class AlertStack:
+    """The whole chain with real processes: two agents -> collector -> Prometheus with the shipped rules ->
+    Alertmanager with the rendered template -> webhook receiver (the staff phone).
+
+    Node "stiftsplatz" probes a TCP service "kasse" (the ticket office); node "schillerplatz" probes the
+    collector's port. Agents report every 0.5 s, Prometheus scrapes and evaluates every 5 s.
+    """
+
+    NODES = {"stiftsplatz": "token-stiftsplatz-0123456789", "schillerplatz": "token-schillerplatz-0123456789"}
+
+    def __init__(self, d: Path, extra_rule_files: list[str] | None = None, stale_after: float = 60):
+        self.d = d
+        self.procs: list[Any] = []
+        self.rx = WebhookReceiver()
+        self.kasse = TcpService()
+        try:
+            self.col_port = free_port()
+            cfg = write_collector_config(d, self.col_port, self.NODES, stale_after=stale_after)
+            self.collector = start_collector(d, self.col_port, cfg)
+            self.procs.append(self.collector)
+            probes = {
+                "stiftsplatz": {"tcp": [{"target": f"127.0.0.1:{self.kasse.port}", "name": "kasse",
+                                         "interval": 1, "timeout": 0.5}]},
+                "schillerplatz": {"tcp": [{"target": f"127.0.0.1:{self.col_port}", "name": "collector-port",
+                                           "interval": 1, "timeout": 0.5}]},
+            }
+            self.agents = {}
+            for node, token in self.NODES.items():
+                acfg = write_agent_config(d, node, token, self.col_port, probes[node])
+                self.agents[node] = start_agent(d, acfg, name=node)
+                self.procs.append(self.agents[node])
+            self.am = Alertmanager(d, render_am_config(webhook_only_vars(self.rx.url)))
+            self.procs.append(self.am)
+            rules = [str(RULES_DIR / "mogli-recording.yml"), str(RULES_DIR / "mogli-alerts.yml"),
+                     *(extra_rule_files or [])]
+            self.prom = Prometheus(d, [f"127.0.0.1:{self.col_port}"], scrape_interval="5s", rule_files=rules,
+                                   alertmanager=f"127.0.0.1:{self.am.port}")
+            self.procs.append(self.prom)
+        except BaseException:
+            self.close()
+            raise
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        def ok() -> bool:
+            up = {r["metric"]["node"] for r in self.prom.query("mogli_agent_up == 1")}
+            kasse = self.prom.query('mogli_probe_success{target="kasse"} == 1')
+            rules = self.prom.query("mogli:node_place:info")
+            return up == set(self.NODES) and bool(kasse) and len(rules) == 2
+        wait_until(ok, timeout, "both agents up and probing in Prometheus", interval=1)
+
+    def stop_node(self, node: str) -> None:
+        self.agents[node].p.send_signal(signal.SIGSTOP)
+
+    def resume_node(self, node: str) -> None:
+        self.agents[node].p.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        for a in getattr(self, "agents", {}).values():
+            if a.alive():
+                a.p.send_signal(signal.SIGCONT)
+        for p in reversed(self.procs):
+            p.stop()
+        self.kasse.down()
+        self.rx.stop()
