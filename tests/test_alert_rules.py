@@ -127,3 +127,15 @@ def test_blip_tests_catch_a_shorter_hold(tmp_path: Path, alert: str, old: str, n
     r = _promtool("test", "rules", test_file, cwd=tmp_path / "tests")
     assert r.returncode != 0, f"weakened {alert} ({why}) but its promtool tests still pass"
     assert alert in r.stdout + r.stderr
+
+
+@pytest.mark.real
+def test_example_prometheus_config_loads_the_rules_with_5s_intervals() -> None:
+    cfg = ROOT / "deploy" / "prometheus" / "prometheus.example.yml"
+    r = _promtool("check", "config", str(cfg))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCESS: 2 rule files found" in r.stdout + r.stderr, r.stdout + r.stderr
+    g = yaml.safe_load(cfg.read_text())["global"]
+    assert g == {"scrape_interval": "5s", "evaluation_interval": "5s"}
+    for f in RULE_FILES:
+        assert all(grp["interval"] == "5s" for grp in yaml.safe_load(f.read_text())["groups"]), f
