@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,12 @@ def test_node_outage_and_target_down_push_once_within_30s_and_resolve(tmp_path: 
         lat = {"node_silent_push_s": silent[0][0] - t_fault, "target_down_push_s": down[0][0] - t_fault}
         assert silent[0][1]["labels"]["node"] == "schillerplatz"
         assert down[0][1]["labels"]["target"] == "kasse" and down[0][1]["labels"]["node"] == "stiftsplatz"
-        assert silent[0][1]["annotations"]["summary_de"].startswith("Knoten schillerplatz (schillerplatz)")
+        ann = silent[0][1]["annotations"]
+        assert ann["summary_de"].startswith("Knoten schillerplatz (schillerplatz) meldet sich seit"), ann
+        assert ann["summary"].startswith("Node schillerplatz (schillerplatz) silent for"), ann
+        # "since" comes from ALERTS_FOR_STATE in the real Prometheus: the moment the outage was first seen
+        since = datetime.strptime(ann["since"][:19], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
+        assert t_fault + 5 < since < silent[0][0], (ann["since"], t_fault)
 
         # --- recovery ---------------------------------------------------------------------------------
         time.sleep(3)
