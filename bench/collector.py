@@ -139,7 +139,7 @@ def ingest_rows() -> list[dict[str, Any]]:
         {"benchmark": "ingest p99 while /metrics (100k series) renders", "ours": p99(busy) * 1000,
          "anchor": p99(quiet) * 1000, "anchor_name": "ingest p99 with no scrape", "unit": "ms", "better": "lower",
          "notes": f"goal < 50 ms; {len(scrapes)} scrapes during 300 reports of 100 samples, "
-                  f"scrape median {statistics.median(scrapes or [0]) * 1000:.0f} ms (Prometheus's Accept header: text)"},
+                  f"scrape median {statistics.median(scrapes or [0]) * 1000:.0f} ms (plain text format)"},
         {"benchmark": "ingest throughput, reports of 100 samples", "ours": rate, "anchor": None,
          "anchor_name": None, "unit": "reports/s", "better": "higher",
          "notes": "one client, sequential requests, gzip JSON, token check, SQLite fsync per ack "
