@@ -39,7 +39,7 @@ class CollectorConfig:
 @dataclass(frozen=True)
 class SpoolConfig:
     path: str = "/var/lib/mogli-agent/spool.db"
-    max_bytes: int = field(default=200_000_000, metadata=check(min=100_000))
+    max_bytes: int = field(default=200_000_000, metadata=check(min=10_000))
     max_age: float = field(default=7 * 86400.0, metadata=check(min=60))
 
 

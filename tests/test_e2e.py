@@ -104,3 +104,33 @@ def test_sender_keeps_batches_while_collector_is_down(tmp_path: Path) -> None:
     finally:
         agent.stop()
     assert "Traceback" not in agent.output()
+
+
+def test_full_spool_drops_oldest_counts_it_and_nothing_else_breaks(tmp_path: Path) -> None:
+    port = free_port()
+    tokens = {"n1": "tok-n1-0123456789abcdef"}
+    probes = {"tcp": [{"target": f"127.0.0.1:{port}", "name": f"t{i}", "interval": 0.2} for i in range(20)]}
+    agent_cfg = write_agent_config(tmp_path, "n1", tokens["n1"], port, probes,
+                                   spool={"max_bytes": 10_000}, collector={"report_interval": 0.3})
+    agent = start_agent(tmp_path, agent_cfg)
+    try:
+        time.sleep(8)  # collector down: the 10 kB spool overflows
+        col = start_collector(tmp_path, port, write_collector_config(tmp_path, port, tokens))
+        try:
+            def dropped() -> float:
+                return sample_value(scrape(port), "mogli_agent_spool_dropped_batches_total", node="n1") or 0
+
+            assert wait_until(lambda: dropped() > 0, 20, "dropped batches reported")
+            # the collector saw the gap: the dropped batches are counted as missing, not waited for
+            assert wait_until(lambda: (sample_value(scrape(port), "mogli_collector_missing_batches_total",
+                                                    node="n1") or 0) > 0, 20, "missing batches counted")
+            # ... and live data keeps flowing
+            runs = sample_value(scrape(port), "mogli_probe_runs_total", target="t0") or 0
+            wait_until(lambda: (sample_value(scrape(port), "mogli_probe_runs_total", target="t0") or 0) > runs + 5,
+                       20, "live data after the overflow")
+            assert sample_value(scrape(port), "mogli_probe_success", target="t0") == 1
+        finally:
+            col.stop()
+    finally:
+        agent.stop()
+    assert "Traceback" not in agent.output()
