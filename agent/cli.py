@@ -34,7 +34,25 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("kind", nargs="?", choices=sorted(PROBES), help="ad hoc probe kind")
     pr.add_argument("target", nargs="?", help="ad hoc target (tcp: HOST:PORT)")
     pr.add_argument("--timeout", type=float, default=3.0)
+    a = sub.add_parser("analyze-pcap", help="RTP stream statistics of a pcap/pcapng capture")
+    a.add_argument("file", help="capture file (pcap or pcapng)")
+    a.add_argument("--json", action="store_true", help='print {"streams": [...]}')
+    a.add_argument("--clock-rate", type=_positive, default=0.0, metavar="HZ",
+                   help="RTP clock rate for dynamic payload types 96-127 (e.g. 90000 for video); "
+                        "without it their jitter is not computed")
+    a.add_argument("--stall-gap", type=_positive, default=1.0, metavar="S",
+                   help="count gaps between packets of a stream longer than this as stalls (default 1.0 s)")
     return p
+
+
+def _positive(v: str) -> float:
+    try:
+        f = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a number") from None
+    if not 0 < f < 1e12:
+        raise argparse.ArgumentTypeError(f"{v!r} must be > 0")
+    return f
 
 
 def _load(path: str) -> Any:
@@ -145,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check(args)
     if args.cmd == "run":
         return cmd_run(args)
+    if args.cmd == "analyze-pcap":
+        from agent.rtp import offline
+
+        return offline.main(args.file, args.json, args.clock_rate, args.stall_gap)
     return cmd_probe(args)
 
 
