@@ -48,6 +48,7 @@ from agent.rtp.pcapfile import (
     Buffer,
     CaptureError,
     CaptureInfo,
+    Interface,
     read_interface,
     read_section_header,
 )
@@ -88,14 +89,15 @@ class Stream:
     """Running totals of one RTP stream. Public fields are read by the CLI and the live probe."""
 
     __slots__ = (
-        "bad_seq", "base", "bytes", "cycles", "dups", "expected_prior", "first_t", "frames", "good", "jitter",
+        "bad_seq", "base", "bytes", "cycles", "dups", "epoch", "expected_prior", "first_t", "frames", "good", "jitter",
         "jmax", "jsum", "key", "last_frame_t", "last_t", "last_ts", "max_delta", "max_seq", "missing", "ok",
         "packets", "pt", "rate", "reordered", "ssrc", "stalls",
     )
 
     def __init__(self, key: bytes, ssrc: int, pt: int, rate: float, t: float, seq: int, ts: int, size: int,
-                 marker: bool):
+                 marker: bool, epoch: int = 0):
         self.key = key
+        self.epoch = epoch  # times (first_t, last_t, ...) are seconds after this Unix time, for float precision
         self.ssrc = ssrc
         self.pt = pt
         self.rate = rate  # RTP clock rate in Hz; 0: unknown, no jitter
@@ -146,7 +148,7 @@ class Stream:
             "mean_jitter_ms": (self.jsum / n * ms if n else 0.0) if self.rate else None,
             "max_jitter_ms": self.jmax * ms if self.rate else None,
             "max_delta_ms": self.max_delta * 1000.0, "frames": self.frames, "stalls": self.stalls,
-            "first_time": self.first_t, "last_time": self.last_t,
+            "first_time": self.epoch + self.first_t, "last_time": self.epoch + self.last_t,
         }
 
     def advance(self, seq: int, ud: int) -> None:
@@ -228,7 +230,8 @@ class Analyzer:
         self.rtp = 0  # ... of which look like RTP (version 2, not RTCP, consistent header)
         self.damaged = 0  # packets or blocks skipped because they are cut short or inconsistent
         self.problem = ""  # why reading stopped early, with the byte offset
-        self.last_time = 0.0
+        self.epoch: int | None = None  # packet times are kept relative to this Unix second (float precision)
+        self.last_time = 0.0  # of the last packet, relative to epoch
 
     def default_rate(self, key: bytes, pt: int) -> float:
         if pt in STATIC_CLOCK_RATES:
@@ -252,7 +255,7 @@ class Analyzer:
             if len(self.streams) >= MAX_CANDIDATES:
                 self._prune()
             self.streams[(key, ssrc)] = Stream(key, ssrc, pt, self.rate_for(key, pt), t, seq, ts, size,
-                                               bool(b1 & 0x80))
+                                               bool(b1 & 0x80), self.epoch or 0)
             return None
         if not st.ok:
             if 0 < (seq - st.max_seq) & 0xFFFF <= PROBATION_GAP:
@@ -268,6 +271,13 @@ class Analyzer:
         """Forget flows that never became RTP (random UDP), so memory stays bounded."""
         self.streams = {k: s for k, s in self.streams.items() if s.ok}
         self.flows = {k: s for k, s in self.flows.items() if s.ok}
+
+    def _interface_base(self, ifc: Interface, ticks: int) -> None:
+        """Relative times for a pcapng interface: its first timestamp in ticks, and where that lies after epoch."""
+        if self.epoch is None:
+            self.epoch = int(ticks * ifc.resolution + ifc.tsoffset)
+        ifc.base = ticks
+        ifc.shift = ticks * ifc.resolution + ifc.tsoffset - self.epoch
 
     def feed(self, buf: Buffer, off: int, end: int, info: CaptureInfo) -> int:
         """Analyse the records in ``buf[off:end]``; return the offset after the last whole record.
@@ -294,6 +304,9 @@ class Analyzer:
         stall_gap = self.stall_gap
         records = udp = rtp_n = damaged = 0
         t = self.last_time
+        epoch = self.epoch
+        if epoch is None and not ng and off + 16 <= end:
+            epoch = self.epoch = rec_u(buf, off)[0]
         while True:
             # ---- framing: one packet at buf[p:pend], captured at t, link type lt
             if not ng:
@@ -311,7 +324,7 @@ class Analyzer:
                     self.problem = f"capture truncated: packet record cut short at byte offset {off}"
                     break
                 off = pend
-                t = sec + frac * res
+                t = (sec - epoch) + frac * res
             else:
                 if off + 12 > end:
                     if off < end:
@@ -378,7 +391,9 @@ class Analyzer:
                 ifc = ifaces[ifid]
                 lt = ifc.linktype
                 if hi >= 0:  # a Simple Packet Block has no timestamp: keep the previous packet's
-                    t = ((hi << 32) | lo) * ifc.resolution + ifc.tsoffset
+                    if ifc.base < 0:
+                        self._interface_base(ifc, (hi << 32) | lo)
+                    t = (((hi << 32) | lo) - ifc.base) * ifc.resolution + ifc.shift
             records += 1
             # ---- link, IP, UDP: the common case in one unpack
             if lt == 1 and pend - p >= 54:  # _FAST.size

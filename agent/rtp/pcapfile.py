@@ -46,6 +46,8 @@ class Interface:
     linktype: int
     resolution: float = 1e-6  # seconds per timestamp unit
     tsoffset: float = 0.0  # seconds added to every timestamp (if_tsoffset)
+    base: int = -1  # the analyser's: first timestamp (ticks) seen on this interface
+    shift: float = 0.0  # the analyser's: seconds from its epoch to ``base``
 
 
 @dataclass
