@@ -28,7 +28,8 @@ CAM = "10.20.0.11"
 OPS = "10.20.9.1"
 
 
-def build(tmp_path: Path) -> Path:
+def build(tmp_path: Path, reorder: bool = True, fmt: str = "pcap") -> Path:
+    """The capture of all cases; ``reorder=False`` leaves out stream B (reordering and duplicates)."""
     c = Capture()
     events: list[tuple[float, bytes]] = []
 
@@ -43,7 +44,7 @@ def build(tmp_path: Path) -> Path:
 
     # B: dynamic PT 96 (no clock rate known), 802.1Q VLAN 30. Arrival order of sequence numbers:
     #    0 1 3 2 4 4 5 6 8 9 7 6 - 2 late (reordered), 7 late, 4 and 6 again (duplicates)
-    order = [0, 1, 3, 2, 4, 4, 5, 6, 8, 9, 7, 6]
+    order = [0, 1, 3, 2, 4, 4, 5, 6, 8, 9, 7, 6] if reorder else []
     for i, s in enumerate(order):
         pkt = rtp(s, s * 3000, 0xB, pt=96, payload=b"\0" * 100)
         events.append((T0 + 1 + i * 0.01, ether(ipv4("10.20.0.12", OPS, udp(5004, 7002, pkt)), vlans=(30,))))
@@ -54,7 +55,7 @@ def build(tmp_path: Path) -> Path:
         if s in (65535, 0):
             continue
         pkt = rtp(s, 7 + k * 3600, 0xC, pt=32, payload=b"\1" * 50)
-        ip = ipv6("2001:db8:20::11", "2001:db8:20::1", udp(6000, 7004, pkt))
+        ip = ipv6("2001:db8:20::11", "2001:db8:20::1", udp(36000, 37004, pkt))  # not 7004: tshark decodes AFS there
         events.append((T0 + 2 + k * 0.04, ether(ip, vlans=(40, 41))))
 
     # D: stalls. PCMA (PT 8), seq 1..6; gaps after seq 2 (2.5 s) and after seq 4 (1.5 s); otherwise 20 ms.
@@ -99,7 +100,7 @@ def build(tmp_path: Path) -> Path:
     events.sort(key=lambda e: e[0])
     for ev in events:
         c.add(*ev)
-    return c.write(tmp_path / "all.pcap")
+    return c.write(tmp_path / f"all.{fmt}", fmt)
 
 
 def _j_after(j: float, ds: list[float]) -> list[float]:
@@ -127,7 +128,7 @@ EXPECTED: dict[int, dict[str, Any]] = {
           "packets": 12, "bytes": 12 * 112, "expected": 10, "lost": -2, "duplicates": 2,
           "jitter_ms": None, "mean_jitter_ms": None, "max_jitter_ms": None,
           "max_delta_ms": 10.0, "frames": 0, "stalls": 0, "first_time": T0 + 1, "last_time": T0 + 1.11},
-    0xC: {"src": "2001:db8:20::11", "src_port": 6000, "dst": "2001:db8:20::1", "dst_port": 7004,
+    0xC: {"src": "2001:db8:20::11", "src_port": 36000, "dst": "2001:db8:20::1", "dst_port": 37004,
           "payload_type": 32, "packets": 10, "bytes": 10 * 62,
           "expected": 12,  # extended highest 65536 + 5 = 65541, minus first 65530, plus 1
           "lost": 2, "duplicates": 0, "jitter_ms": 0.0, "mean_jitter_ms": 0.0, "max_jitter_ms": 0.0,
@@ -217,7 +218,7 @@ def test_table_output(capture: Path) -> None:
     row_a = next(ln for ln in lines if "0x0000000a" in ln).split()
     assert row_a[:8] == [f"{CAM}:5004", f"{OPS}:7000", "0x0000000a", "0", "PCMU", "16", "4", "20.0%"]
     row_c = next(ln for ln in lines if "0x0000000c" in ln).split()
-    assert row_c[:2] == ["[2001:db8:20::11]:6000", "[2001:db8:20::1]:7004"]
+    assert row_c[:2] == ["[2001:db8:20::11]:36000", "[2001:db8:20::1]:37004"]
     assert "7 RTP stream(s)" in r.stdout
     assert "dynamic payload type with unknown clock rate; give --clock-rate HZ" in r.stdout
 
