@@ -140,15 +140,19 @@ class Stream:
         src, sport, dst, dport = flow_endpoints(self.key)
         ms = 1000.0 / self.rate if self.rate else 0.0
         n = self.packets - 1
+
+        def r(v: float) -> float:  # to the nanosecond: drops float noise such as 80.00000000000001
+            return round(v, 6)
+
         return {
             "src": src, "src_port": sport, "dst": dst, "dst_port": dport, "ssrc": self.ssrc,
             "payload_type": self.pt, "packets": self.packets, "bytes": self.bytes, "expected": self.expected,
             "lost": self.lost, "duplicates": self.dups,
-            "jitter_ms": self.jitter * ms if self.rate else None,
-            "mean_jitter_ms": (self.jsum / n * ms if n else 0.0) if self.rate else None,
-            "max_jitter_ms": self.jmax * ms if self.rate else None,
-            "max_delta_ms": self.max_delta * 1000.0, "frames": self.frames, "stalls": self.stalls,
-            "first_time": self.epoch + self.first_t, "last_time": self.epoch + self.last_t,
+            "jitter_ms": r(self.jitter * ms) if self.rate else None,
+            "mean_jitter_ms": r(self.jsum / n * ms if n else 0.0) if self.rate else None,
+            "max_jitter_ms": r(self.jmax * ms) if self.rate else None,
+            "max_delta_ms": r(self.max_delta * 1000.0), "frames": self.frames, "stalls": self.stalls,
+            "first_time": round(self.epoch + self.first_t, 9), "last_time": round(self.epoch + self.last_t, 9),
         }
 
     def advance(self, seq: int, ud: int) -> None:
