@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.probes import tcp
+from agent.probes import rtp, tcp
 from agent.probes.base import ProbeResult
 
 
@@ -19,4 +19,5 @@ class ProbeKind:
 
 PROBES: dict[str, ProbeKind] = {
     "tcp": ProbeKind(tcp.TcpConfig, tcp.run, "TCP connect (and TLS handshake) to HOST:PORT"),
+    "rtp": ProbeKind(rtp.RtpConfig, rtp.run, "passive RTP analysis of a camera's streams on an interface"),
 }

@@ -1,0 +1,233 @@
+"""Live passive RTP: the kernel filter, and a real ffmpeg stream through an impairment relay captured on lo."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import Proc, free_port, need_root, tool, wait_until
+from rtp_pcap import ether, ipv4, ipv6, rtp, udp
+
+from agent.confload import ConfigErrors, load_text
+from agent.probes import rtp as rtp_probe
+from agent.probes.base import ProbeResult
+from agent.rtp import bpf, live
+from agent.rtp.offline import analyze_file
+
+CAM4 = bpf.Match(ipaddress.ip_address("10.20.0.11"), 5004)
+CAM4_ANY = bpf.Match(ipaddress.ip_address("10.20.0.12"))
+CAM6 = bpf.Match(ipaddress.ip_address("2001:db8::11"), 6000)
+PKT = rtp(1, 0, 1, payload=b"\0" * 600)
+
+
+@pytest.mark.parametrize("frame,accepted", [
+    (ether(ipv4("10.20.0.11", "10.20.9.1", udp(5004, 7000, PKT))), True),  # camera's source port
+    (ether(ipv4("10.20.0.11", "10.20.9.1", udp(40000, 5004, PKT))), True),  # ... or destination port
+    (ether(ipv4("10.20.0.11", "10.20.9.1", udp(40000, 7000, PKT))), False),  # other port
+    (ether(ipv4("10.20.0.11", "10.20.9.1", udp(5004, 7000, PKT), options=b"\x01\x01\x01\x00")), True),
+    (ether(ipv4("10.20.0.11", "10.20.9.1", udp(5004, 7000, PKT), frag=0x0020)), False),  # later fragment
+    (ether(ipv4("10.20.0.11", "10.20.9.1", udp(5004, 7000, PKT), proto=6)), False),  # TCP
+    (ether(ipv4("10.20.9.1", "10.20.0.11", udp(5004, 5004, PKT))), False),  # to the camera, not from it
+    (ether(ipv4("10.20.0.12", "10.20.9.1", udp(1, 2, PKT))), True),  # camera without port: any port
+    (ether(ipv4("10.20.0.13", "10.20.9.1", udp(5004, 7000, PKT))), False),  # not a camera
+    (ether(ipv6("2001:db8::11", "2001:db8::1", udp(6000, 7000, PKT))), True),
+    (ether(ipv6("2001:db8::11", "2001:db8::1", udp(6001, 7000, PKT))), False),
+    (ether(ipv6("2001:db8::12", "2001:db8::1", udp(6000, 7000, PKT))), False),
+    (ether(b"\0" * 28, ethertype=0x0806), False),  # ARP
+    (ether(ipv4("10.20.0.11", "10.20.9.1", udp(5004, 7000, PKT)))[:20], False),  # cut short
+])
+def test_kernel_filter_program(frame: bytes, accepted: bool) -> None:
+    prog = bpf.program([CAM4, CAM4_ANY, CAM6], 14, snaplen=512)
+    got = bpf.run(prog, frame)
+    assert got == (min(512, len(frame)) if accepted else 0)
+    # the same cameras on a raw-IP interface (no link header)
+    raw = bpf.run(bpf.program([CAM4, CAM4_ANY, CAM6], 0, snaplen=512), frame[14:])
+    assert raw == (min(512, len(frame) - 14) if accepted else 0)
+
+
+def test_filter_program_grows_to_many_cameras_with_short_jumps() -> None:
+    cams = [bpf.Match(ipaddress.ip_address(f"10.1.{i // 250}.{i % 250 + 1}"), 5000 + i) for i in range(300)]
+    prog = bpf.program(cams, 14)
+    assert all(jt < 256 and jf < 256 for _, jt, jf, _ in prog)
+    last = cams[-1]
+    frame = ether(ipv4(str(last.address), "10.0.0.1", udp(1234, last.port, PKT)))
+    assert bpf.run(prog, frame) == 512
+    other = ether(ipv4(str(last.address), "10.0.0.1", udp(1234, 4999, PKT)))
+    assert bpf.run(prog, other) == 0
+
+
+@pytest.mark.parametrize("target,error", [
+    ("10.20.0.11", None), ("10.20.0.11:5004", None), ("[2001:db8::1]:5004", None), ("2001:db8::1", None),
+    ("camera.local", "must be a camera ADDRESS"), ("10.20.0.11:99999", "must be a camera ADDRESS"),
+    ("[2001:db8::1]5004", "must be a camera ADDRESS"),
+])
+def test_config_targets(target: str, error: str | None) -> None:
+    text = f"target: '{target}'\ninterface: eth1\n"
+    if error is None:
+        cfg = load_text(text, rtp_probe.RtpConfig, "cam.yml")
+        assert cfg.clock_rate == 90000 and cfg.interval == 5.0
+    else:
+        with pytest.raises(ConfigErrors) as e:
+            load_text(text, rtp_probe.RtpConfig, "cam.yml")
+        assert f"cam.yml:1: target: {error}" in str(e.value)
+
+
+def test_interface_is_required() -> None:
+    with pytest.raises(ConfigErrors) as e:
+        load_text("target: 10.0.0.1\n", rtp_probe.RtpConfig, "cam.yml")
+    assert "interface" in str(e.value)
+
+
+class Relay(asyncio.DatagramProtocol):
+    """Forwards datagrams to ``dst``, dropping, duplicating and swapping some, during the first ``active`` s."""
+
+    def __init__(self, dst: tuple[str, int], active: float):
+        self.dst = dst
+        self.until = time.monotonic() + active
+        self.n = 0
+        self.dropped = self.duplicated = self.swapped = 0
+        self.held: bytes | None = None
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.n += 1
+        i = self.n
+        send = self.transport.sendto
+        impair = i > 5 and time.monotonic() < self.until
+        if self.held is not None:
+            send(data, self.dst)
+            send(self.held, self.dst)  # the held packet arrives one late
+            self.held = None
+        elif impair and i % 40 == 17:
+            self.dropped += 1
+        elif impair and i % 50 == 23:
+            send(data, self.dst)
+            send(data, self.dst)
+            self.duplicated += 1
+        elif impair and i % 60 == 31:
+            self.held = data
+            self.swapped += 1
+        else:
+            send(data, self.dst)
+
+
+@pytest.mark.real
+def test_live_capture_through_impairment_relay_matches_analyze_pcap(tmp_path: Path) -> None:
+    """ffmpeg -> relay (drop/duplicate/reorder) -> sink on lo; the probe and dumpcap+analyze-pcap agree."""
+    need_root()
+    dumpcap, ffmpeg = tool("dumpcap"), tool("ffmpeg")
+    relay_port = free_port() & ~1
+    sink_port = free_port()
+    cap_file = tmp_path / "relay.pcapng"
+    dc = Proc([dumpcap, "-i", "lo", "-f", f"udp dst port {sink_port}", "-w", str(cap_file)], tmp_path / "dc.log")
+    try:
+        wait_until(lambda: "Capturing on" in dc.output() or not dc.alive(), 20, "dumpcap to start")
+        assert dc.alive(), dc.output()
+        relay, results, kernel = asyncio.run(_scenario(ffmpeg, relay_port, sink_port, tmp_path))
+        time.sleep(0.3)
+    finally:
+        dc.stop()
+    assert relay.dropped > 3 and relay.duplicated > 3 and relay.swapped > 3, vars(relay)
+
+    counters: dict[str, float] = {}
+    gauges: dict[str, float] = {}
+    for r in results:
+        for name, labels, v in r.counters:
+            if name.startswith("mogli_rtp_"):
+                assert labels == (("camera", "cam-relay"),)
+            counters[name] = counters.get(name, 0) + v
+        for name, _, v in r.gauges:
+            gauges[name] = v
+    # what the relay did, exactly
+    assert counters["mogli_rtp_lost_packets_total"] == relay.dropped
+    assert counters["mogli_rtp_duplicate_packets_total"] == relay.duplicated
+    assert counters["mogli_rtp_reordered_packets_total"] == relay.swapped
+    assert counters["mogli_capture_kernel_drops_total"] == 0 and kernel > 0
+    # and what analyze-pcap says about dumpcap's capture of the same traffic
+    an = analyze_file(cap_file, clock_rate=90000)
+    (s,) = [x.summary() for x in an.reported()]
+    assert counters["mogli_rtp_packets_total"] == s["packets"]
+    assert counters["mogli_rtp_bytes_total"] == s["bytes"]
+    assert counters["mogli_rtp_frames_total"] == s["frames"] == 4 * 25
+    assert counters["mogli_rtp_duplicate_packets_total"] == s["duplicates"]
+    assert counters["mogli_rtp_lost_packets_total"] == s["lost"] + s["duplicates"]
+    assert counters["mogli_rtp_stalls_total"] == s["stalls"] == 0
+    # dumpcap stores microseconds, the socket nanoseconds: jitter agrees to well under a microsecond per packet
+    assert gauges["mogli_rtp_jitter_seconds"] * 1000 == pytest.approx(s["jitter_ms"], abs=0.002)
+    assert 0 <= gauges["mogli_rtp_last_packet_age_seconds"] < 2
+    assert 0 <= gauges["mogli_rtp_last_frame_age_seconds"] < 2
+    assert gauges["mogli_rtp_frames_per_second"] > 0 and gauges["mogli_rtp_bitrate_bits_per_second"] > 0
+
+
+async def _scenario(ffmpeg: str, relay_port: int, sink_port: int,
+                    tmp_path: Path) -> tuple[Relay, list[ProbeResult], int]:
+    loop = asyncio.get_running_loop()
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", sink_port))
+    rtcp_sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtcp_sink.bind(("127.0.0.1", relay_port + 1))
+    transport, relay = await loop.create_datagram_endpoint(
+        lambda: Relay(("127.0.0.1", sink_port), active=0.0), local_addr=("127.0.0.1", relay_port))
+    cfg = load_text(f"target: '127.0.0.1:{sink_port}'\ninterface: lo\nname: cam-relay\n", rtp_probe.RtpConfig)
+    results = []
+    try:
+        r = ProbeResult()
+        await rtp_probe.run(cfg, r)  # opens the capture, registers the camera
+        results.append(r)
+        proc = await asyncio.create_subprocess_exec(
+            ffmpeg, "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
+            "testsrc=size=320x240:rate=25", "-t", "4", "-c:v", "libx264", "-preset", "ultrafast", "-tune",
+            "zerolatency", "-f", "rtp", "-pkt_size", "300", f"rtp://127.0.0.1:{relay_port}",
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        relay.until = time.monotonic() + 3.0
+        for _ in range(3):  # reports while the stream runs
+            await asyncio.sleep(1.0)
+            r = ProbeResult()
+            await rtp_probe.run(cfg, r)
+            results.append(r)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err
+        await asyncio.sleep(0.3)
+        r = ProbeResult()
+        await rtp_probe.run(cfg, r)
+        results.append(r)
+        cap = live.capture_for("lo")
+        return relay, results, cap.kernel_packets
+    finally:
+        live.close_all()
+        transport.close()
+        sink.close()
+        rtcp_sink.close()
+
+
+def test_probe_without_permission_fails_with_reason_permission(tmp_path: Path) -> None:
+    """As a user without CAP_NET_RAW the run fails with reason 'permission' (runs as nobody when root)."""
+    import os
+
+    code = (
+        "import asyncio, json\n"
+        "from agent.runner import run_probe\n"
+        "from agent.confload import load_text\n"
+        "from agent.probes.rtp import RtpConfig\n"
+        "cfg = load_text('target: 127.0.0.1\\ninterface: lo\\n', RtpConfig)\n"
+        "o = asyncio.run(run_probe('rtp', cfg))\n"
+        "print(json.dumps([o.ok, o.reason]))\n"
+    )
+    if os.geteuid() == 0:
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+               "--bounding-set=-net_raw", sys.executable, "-c", code]
+    else:
+        cmd = [sys.executable, "-c", code]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd="/")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == '[false, "permission"]'
