@@ -232,3 +232,41 @@ def test_probe_without_permission_fails_with_reason_permission(tmp_path: Path) -
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd="/")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == '[false, "permission"]'
+
+
+@pytest.mark.real
+def test_agent_reports_camera_metrics_to_the_collector(tmp_path: Path) -> None:
+    """mogli-agent run with an rtp probe on lo; ffmpeg sends; the collector's /metrics shows the camera."""
+    from helpers import sample_value, scrape, start_agent, start_collector, write_agent_config, write_collector_config
+
+    need_root()
+    ffmpeg = tool("ffmpeg")
+    cport, rtp_port = free_port(), free_port() & ~1
+    col = start_collector(tmp_path, cport, write_collector_config(tmp_path, cport, {"n1": "token-rtp-1"}))
+    cfg = write_agent_config(tmp_path, "n1", "token-rtp-1", cport, {
+        "rtp": [{"target": f"127.0.0.1:{rtp_port}", "interface": "lo", "name": "cam-a", "interval": 0.5}]})
+    ag = start_agent(tmp_path, cfg)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", rtp_port))
+    try:
+        wait_until(lambda: sample_value(scrape(cport), "mogli_rtp_packets_total", camera="cam-a") is not None, 20,
+                   "the camera's first report")
+        subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
+                        "testsrc=size=320x240:rate=25", "-t", "3", "-c:v", "libx264", "-preset", "ultrafast",
+                        "-tune", "zerolatency", "-f", "rtp", f"rtp://127.0.0.1:{rtp_port}"],
+                       check=True, capture_output=True, timeout=60)
+
+        def done() -> str | None:
+            text = scrape(cport)
+            return text if sample_value(text, "mogli_rtp_frames_total", camera="cam-a") == 75 else None
+
+        text = wait_until(done, 20, "all 75 frames reported")
+        assert (sample_value(text, "mogli_rtp_packets_total", camera="cam-a", node="n1") or 0) >= 75
+        assert sample_value(text, "mogli_rtp_lost_packets_total", camera="cam-a") == 0
+        assert sample_value(text, "mogli_rtp_jitter_seconds", camera="cam-a") is not None
+        assert sample_value(text, "mogli_capture_kernel_drops_total", interface="lo") == 0
+        assert sample_value(text, "mogli_probe_success", probe="rtp", target="cam-a") == 1
+    finally:
+        sink.close()
+        ag.stop()
+        col.stop()
