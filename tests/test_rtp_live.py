@@ -53,6 +53,14 @@ def test_kernel_filter_program(frame: bytes, accepted: bool) -> None:
     assert raw == (min(512, len(frame) - 14) if accepted else 0)
 
 
+def test_filter_can_skip_outgoing_copies() -> None:
+    frame = ether(ipv4("10.20.0.11", "10.20.9.1", udp(5004, 7000, PKT)))
+    prog = bpf.program([CAM4], 14, snaplen=100, skip_outgoing=True)
+    assert bpf.run(prog, frame, pkttype=0) == 100  # PACKET_HOST
+    assert bpf.run(prog, frame, pkttype=bpf.PACKET_OUTGOING) == 0
+    assert bpf.run(bpf.program([CAM4], 14, snaplen=100), frame, pkttype=bpf.PACKET_OUTGOING) == 100
+
+
 def test_filter_program_grows_to_many_cameras_with_short_jumps() -> None:
     cams = [bpf.Match(ipaddress.ip_address(f"10.1.{i // 250}.{i % 250 + 1}"), 5000 + i) for i in range(300)]
     prog = bpf.program(cams, 14)

@@ -34,6 +34,8 @@ JMP_JSET_K = 0x45
 RET_K = 0x06
 
 SO_ATTACH_FILTER = 26
+SKF_AD_PKTTYPE = 0xFFFFF000 + 4  # ancillary load: the packet type (SKF_AD_OFF + SKF_AD_PKTTYPE)
+PACKET_OUTGOING = 4
 Insn = tuple[int, int, int, int]  # code, jt, jf, k
 
 
@@ -71,8 +73,12 @@ def _camera_v6(m: Match, nh: int, snaplen: int) -> list[Insn]:
     return out + tail
 
 
-def program(matches: list[Match], link_header: int = 14, snaplen: int = 512) -> list[Insn]:
-    """The filter. ``link_header``: 14 for Ethernet (and Linux loopback), 0 for raw IP interfaces."""
+def program(matches: list[Match], link_header: int = 14, snaplen: int = 512,
+            skip_outgoing: bool = False) -> list[Insn]:
+    """The filter. ``link_header``: 14 for Ethernet (and Linux loopback), 0 for raw IP interfaces.
+
+    ``skip_outgoing``: drop packets the host sends (on ``lo`` every packet passes twice, sent and received).
+    """
     nh = link_header
     v4 = [m for m in matches if m.address.version == 4]
     v6 = [m for m in matches if m.address.version == 6]
@@ -88,11 +94,14 @@ def program(matches: list[Match], link_header: int = 14, snaplen: int = 512) -> 
     for m in v6:
         sec6 += _camera_v6(m, nh, snaplen)
     sec6.append((RET_K, 0, 0, 0))
+    head: list[Insn] = []
+    if skip_outgoing:
+        head += [(LD_B_ABS, 0, 0, SKF_AD_PKTTYPE), (JMP_JEQ_K, 0, 1, PACKET_OUTGOING), (RET_K, 0, 0, 0)]
     if nh:
-        head: list[Insn] = [(LD_H_ABS, 0, 0, 12)]
+        head += [(LD_H_ABS, 0, 0, 12)]
         eq4, eq6 = 0x0800, 0x86DD
     else:
-        head = [(LD_B_ABS, 0, 0, 0), (ALU_AND_K, 0, 0, 0xF0)]
+        head += [(LD_B_ABS, 0, 0, 0), (ALU_AND_K, 0, 0, 0xF0)]
         eq4, eq6 = 0x40, 0x60
     # head, jeq v4 ? next : +1, ja V4, jeq v6 ? next : +1, ja V6, ret 0, V4..., V6...
     start4 = len(head) + 5
@@ -117,14 +126,16 @@ def attach(sock: socket.socket, prog: list[Insn]) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
-def run(prog: list[Insn], pkt: bytes) -> int:
+def run(prog: list[Insn], pkt: bytes, pkttype: int = 0) -> int:
     """Interpret the program on a packet (the kernel's semantics, for tests): bytes accepted, 0 = dropped."""
     a = x = 0
     pc = 0
     while True:
         code, jt, jf, k = prog[pc]
         pc += 1
-        if code in (LD_W_ABS, LD_H_ABS, LD_B_ABS, LD_H_IND):
+        if code == LD_B_ABS and k == SKF_AD_PKTTYPE:
+            a = pkttype
+        elif code in (LD_W_ABS, LD_H_ABS, LD_B_ABS, LD_H_IND):
             off = k + (x if code == LD_H_IND else 0)
             size = {LD_W_ABS: 4, LD_H_ABS: 2, LD_B_ABS: 1, LD_H_IND: 2}[code]
             if off + size > len(pkt):

@@ -128,7 +128,7 @@ class LiveCapture:
         assert self.sock is not None
         matches = [bpf.Match(c.address, c.port) for c in self.cameras.values()]
         link = 14 if self.info.linktype == LINKTYPE_ETHERNET else 0
-        bpf.attach(self.sock, bpf.program(matches, link, SNAPLEN))
+        bpf.attach(self.sock, bpf.program(matches, link, SNAPLEN, skip_outgoing=self.loopback))
 
     def open(self) -> None:
         """Open the packet socket (needs CAP_NET_RAW) and start reading in the running loop."""
