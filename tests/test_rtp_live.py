@@ -94,6 +94,46 @@ def test_interface_is_required() -> None:
     assert "interface" in str(e.value)
 
 
+@pytest.mark.parametrize("use_ring", [True, False], ids=["tpacket-v3-ring", "recvmsg"])
+def test_live_capture_ring_and_recvmsg_paths(use_ring: bool) -> None:
+    """Both ways of reading the socket see the same packets, with kernel timestamps, on lo."""
+    need_root()
+
+    async def scenario() -> live.LiveCapture:
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sink.bind(("127.0.0.1", 0))
+        port = sink.getsockname()[1]
+        cap = live.LiveCapture("lo", use_ring=use_ring)
+        cap.add_camera(live.Camera("c", ipaddress.ip_address("127.0.0.1"), port, 8000))
+        cap.open()
+        try:
+            assert (cap.ring is not None) == use_ring
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+                for seq in range(200):
+                    if seq == 100:
+                        await asyncio.sleep(1.2)  # one stall
+                    if seq != 150:  # one loss
+                        tx.sendto(rtp(seq, seq * 160, 0x77, pt=0, marker=seq % 10 == 0, payload=b"\0" * 160),
+                                  ("127.0.0.1", port))
+                    await asyncio.sleep(0.002)
+            await asyncio.sleep(0.1)  # longer than the ring's block timeout
+            cap.read_ready()
+            cap.poll_kernel_stats()
+            return cap
+        finally:
+            cap.close()
+            sink.close()
+
+    cap = asyncio.run(scenario())
+    (s,) = cap.analyzer.reported()
+    assert (s.packets, s.lost, s.frames, s.stalls, s.bytes) == (199, 1, 19, 1, 199 * 172)  # 150 was a marker
+    assert 1.2 <= s.max_delta < 2.0
+    assert abs(s.epoch + s.first_t - time.time()) < 30  # a kernel wall-clock timestamp
+    assert cap.kernel_drops == 0
+    tot = cap.totals()["c"]
+    assert (tot.packets, tot.lost, tot.frames) == (199, 1, 19)
+
+
 class Relay(asyncio.DatagramProtocol):
     """Forwards datagrams to ``dst``, dropping, duplicating and swapping some, during the first ``active`` s."""
 

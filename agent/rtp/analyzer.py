@@ -76,6 +76,8 @@ MAX_CANDIDATES = 100_000  # unconfirmed (not yet RTP) streams kept before they a
 # ethertype, ver/ihl, flags/fragment, protocol, UDP length, RTP byte 0, byte 1, seq, timestamp, SSRC
 _FAST = struct.Struct("!12xHB5xH1xB14xH2xBBHII")
 _RTP = struct.Struct("!BBHII")
+# struct tpacket3_hdr (native order): tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status, tp_mac
+_TPACKET3 = struct.Struct("=IIIIIIH")
 _H = struct.Struct("!H")
 
 JSON_FIELDS = (
@@ -288,13 +290,16 @@ class Analyzer:
 
         ``buf`` must slice to ``bytes`` (bytes or mmap). Damaged packets are counted
         and skipped; a damaged record framing stops reading and sets ``problem``.
+        ``info.kind`` "tpacket3": ``buf[off:end]`` is one block of a Linux TPACKET_V3
+        receive ring (agent/rtp/live.py), packets chained by ``tp_next_offset``.
         """
-        ng = info.kind == "pcapng"
+        mode = 1 if info.kind == "pcapng" else 2 if info.kind == "tpacket3" else 0
         endian = info.endian
         rec_u = struct.Struct(endian + "IIII").unpack_from
         blk_u = struct.Struct(endian + "II").unpack_from
         epb_u = struct.Struct(endian + "IIIII").unpack_from
         opb_u = struct.Struct(endian + "HHIIII").unpack_from
+        tp_u = _TPACKET3.unpack_from
         fast_u = _FAST.unpack_from
         rtp_u = _RTP.unpack_from
         h_u = _H.unpack_from
@@ -309,11 +314,11 @@ class Analyzer:
         records = udp = rtp_n = damaged = 0
         t = self.last_time
         epoch = self.epoch
-        if epoch is None and not ng and off + 16 <= end:
-            epoch = self.epoch = rec_u(buf, off)[0]
+        if epoch is None and mode != 1 and off + 16 <= end:
+            epoch = self.epoch = rec_u(buf, off)[0] if mode == 0 else tp_u(buf, off)[1]
         while True:
             # ---- framing: one packet at buf[p:pend], captured at t, link type lt
-            if not ng:
+            if mode == 0:
                 if off + 16 > end:
                     if off < end:
                         self.problem = f"capture truncated: record header cut short at byte offset {off}"
@@ -329,6 +334,17 @@ class Analyzer:
                     break
                 off = pend
                 t = (sec - epoch) + frac * res
+            elif mode == 2:
+                if off + 32 > end:
+                    break
+                nxt, sec, frac, caplen, _, _, mac = tp_u(buf, off)
+                p = off + mac
+                pend = p + caplen
+                if pend > end:
+                    self.problem = f"ring packet cut short at byte offset {off}"
+                    break
+                off = off + nxt if nxt else end
+                t = (sec - epoch) + frac * 1e-9
             else:
                 if off + 12 > end:
                     if off < end:
