@@ -17,15 +17,16 @@ from test_rtp_analyzer import build
 
 pytestmark = pytest.mark.real
 
-# start end src port dst port ssrc payload packets lost (pct%) ...
+# start end src port dst port ssrc payload packets lost (pct%) min/mean/max delta, min/mean/max jitter
 _ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+(\S+)\s+(\d+)\s+(\S+)\s+(\d+)\s+(0x[0-9A-Fa-f]+)\s+"
-                  r".+?\s+(\d+)\s+(-?\d+)\s+\(")
+                  r".+?\s+(\d+)\s+(-?\d+)\s+\(\S+\)\s+\S+\s+\S+\s+\S+\s+\S+\s+(\S+)\s+(\S+)")
 
 StreamKey = tuple[str, int, str, int, int]
 
 
-def tshark_streams(path: Path) -> dict[StreamKey, tuple[int, int]]:
-    """{(src, sport, dst, dport, ssrc): (packets, lost)} from `tshark -q -z rtp,streams` (tshark 4.0)."""
+def tshark_table(path: Path) -> dict[StreamKey, tuple[int, int, float, float]]:
+    """{(src, sport, dst, dport, ssrc): (packets, lost, mean jitter ms, max jitter ms)} from
+    `tshark -q -z rtp,streams` (tshark 4.0)."""
     r = subprocess.run([tool("tshark"), "-q", "-r", str(path), "-o", "rtp.heuristic_rtp:TRUE", "-z", "rtp,streams"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -33,10 +34,15 @@ def tshark_streams(path: Path) -> dict[StreamKey, tuple[int, int]]:
     for line in r.stdout.splitlines():
         m = _ROW.match(line)
         if m:
-            src, sp, dst, dp, ssrc, pk, lost = m.groups()
-            out[(src, int(sp), dst, int(dp), int(ssrc, 16))] = (int(pk), int(lost))
+            src, sp, dst, dp, ssrc, pk, lost, mean_j, max_j = m.groups()
+            out[(src, int(sp), dst, int(dp), int(ssrc, 16))] = (int(pk), int(lost), float(mean_j), float(max_j))
     assert out, f"no stream rows parsed from tshark:\n{r.stdout}"
     return out
+
+
+def tshark_streams(path: Path) -> dict[StreamKey, tuple[int, int]]:
+    """{(src, sport, dst, dport, ssrc): (packets, lost)}"""
+    return {k: v[:2] for k, v in tshark_table(path).items()}
 
 
 def ours(path: Path, *args: str) -> list[dict[str, Any]]:
@@ -64,6 +70,16 @@ def test_packets_and_lost_agree_with_tshark(tmp_path: Path, fmt: str) -> None:
     # tshark's heuristic also lists random UDP as one-packet "streams"; we list none of them
     assert len(theirs) > len(mine)
     assert sum(s["lost"] for s in mine) == 4 + 2  # stream A: 105 and 110-112; stream C: 65535 and 0
+
+
+def test_jitter_of_a_static_payload_type_agrees_with_tshark_without_loss(tmp_path: Path) -> None:
+    """Stream D (PCMA, two stalls, no loss): tshark's mean and max jitter equal ours (docs/probes/rtp.md)."""
+    path = build(tmp_path, reorder=False)
+    d = next(s for s in ours(path) if s["ssrc"] == 0xD)
+    _, _, mean_j, max_j = tshark_table(path)[_key(d)]
+    assert d["mean_jitter_ms"] == pytest.approx(mean_j, abs=0.001)  # tshark prints 3 decimals
+    assert d["max_jitter_ms"] == pytest.approx(max_j, abs=0.001)
+    assert max_j > 100  # the stalls made real jitter
 
 
 def test_reordering_is_where_tshark_loss_differs(tmp_path: Path) -> None:
