@@ -79,6 +79,8 @@ def record(
         rec.gauge(name, _labels(name, base, extra), v, ts)
     for name, extra, v in result.counters:
         rec.inc(name, _labels(name, base, extra), v, ts)
+    for name, extra, v in result.counter_values:
+        rec.set_total(name, _labels(name, base, extra), v, ts)
     for name, extra, v in result.observations:
         rec.observe(name, _labels(name, base, extra), v, ts)
 

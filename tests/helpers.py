@@ -61,7 +61,7 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: flo
     while time.monotonic() < deadline:
         try:
             last = cond()
-        except Exception as e:  # noqa: BLE001 - keep polling; report the last problem
+        except Exception as e:
             last = e
         else:
             if last:

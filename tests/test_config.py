@@ -52,7 +52,9 @@ def test_three_errors_in_one_file_are_all_reported() -> None:
 
 def test_duplicate_target_labels_are_rejected() -> None:
     with pytest.raises(ConfigErrors) as e:
-        agent_config.loads("node: n\nsite: s\nprobes:\n  tcp:\n    - {target: 'a:1'}\n    - {target: 'b:1', name: 'a:1'}\n")
+        agent_config.loads(
+            "node: n\nsite: s\nprobes:\n  tcp:\n    - {target: 'a:1'}\n    - {target: 'b:1', name: 'a:1'}\n"
+        )
     assert "duplicate target 'a:1'" in str(e.value)
 
 
