@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rtp_pcap import Capture, ether, ipv4, ipv6, rtp, rtp_v4, udp
 
 from agent.rtp.analyzer import Analyzer
@@ -267,3 +269,50 @@ def test_backward_restart_starts_a_new_segment() -> None:
     an = feed([pk(1000 + i, i * 0.02) for i in range(4)] + [pk(10 + i, 1 + i * 0.02) for i in range(3)])
     s = an.reported()[0]
     assert (s.packets, s.expected, s.lost) == (7, 7, 0)
+
+
+# --- property: sequence accounting against a model built from the sender's true packet numbers --------------------
+
+
+@st.composite
+def arrivals(draw: st.DrawFn) -> tuple[int, list[int]]:
+    """(first wire sequence number, true packet numbers in arrival order) with loss, bursts, duplicates and
+    local reordering (each packet at most a few places late), often across the 16-bit wrap."""
+    start = draw(st.integers(0, 65535))
+    n = draw(st.integers(5, 400))
+    out: list[int] = []
+    i = 0
+    while i < n:
+        if i >= 4 and draw(st.integers(0, 19)) == 0:
+            i += draw(st.integers(1, 40))  # a burst lost
+            continue
+        out.append(i)
+        if i >= 4 and draw(st.integers(0, 24)) == 0:
+            out.append(i)  # duplicated
+        i += 1
+    for _ in range(draw(st.integers(0, len(out) // 10))):  # late by a few places, never among the first 4
+        k = draw(st.integers(4, len(out) - 1))
+        d = draw(st.integers(1, 5))
+        out.insert(min(len(out), k + d), out.pop(k))
+    return start, out
+
+
+@settings(max_examples=150, deadline=None)
+@given(arrivals())
+def test_sequence_accounting_matches_a_model_of_the_true_numbers(case: tuple[int, list[int]]) -> None:
+    start, order = case
+    events = [pk((start + n) & 0xFFFF, i * 0.001, ssrc=9) for i, n in enumerate(order)]
+    (s,) = feed(events).reported()
+    seen: set[int] = set()
+    dups = reordered = 0
+    high = -1
+    for n in order:
+        if n in seen:
+            dups += 1
+        elif n < high:
+            reordered += 1
+        seen.add(n)
+        high = max(high, n)
+    expected = max(order) - order[0] + 1
+    assert (s.packets, s.expected, s.lost, s.dups, s.reordered) == (
+        len(order), expected, expected - len(order), dups, reordered)
