@@ -252,3 +252,15 @@ def test_random_garbage_never_raises(tmp_path: Path) -> None:
         an.feed(bytes(data), info.start, len(data), info)
         for s in an.reported():
             s.summary()
+
+
+def test_gzip_compressed_capture(tmp_path: Path) -> None:
+    import gzip
+
+    data = _good_capture("pcapng")
+    p = tmp_path / "c.pcapng.gz"
+    p.write_bytes(gzip.compress(data))
+    assert one_stream(analyze_file(p))["packets"] == 10
+    p.write_bytes(gzip.compress(data)[:-30])  # cut: the gzip stream ends early
+    r = cli(str(p))
+    assert r.returncode == 2 and "gzip data is damaged" in r.stderr and "Traceback" not in r.stderr

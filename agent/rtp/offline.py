@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import mmap
 import sys
+import zlib
 from pathlib import Path
 from typing import TextIO
 
@@ -16,18 +18,36 @@ EXIT_BAD_INPUT = 2
 
 
 def analyze_file(path: str | Path, clock_rate: float = 0.0, stall_gap: float = 1.0) -> Analyzer:
-    """Analyse a whole pcap/pcapng file. Raises OSError, or CaptureError for a broken file header."""
+    """Analyse a whole pcap/pcapng file (also gzip-compressed, as Wireshark writes them).
+
+    Raises OSError, or CaptureError for a broken file header (offsets count in the uncompressed data).
+    """
     an = Analyzer(clock_rate=clock_rate, stall_gap=stall_gap)
     with open(path, "rb") as f:
         size = f.seek(0, 2)
         if size == 0:
             raise CaptureError("file is empty", 0)
+        f.seek(0)
+        if f.read(2) == b"\x1f\x8b":
+            f.seek(0)
+            try:
+                data = gzip.GzipFile(fileobj=f).read()
+            except (OSError, EOFError, zlib.error) as e:
+                raise CaptureError(f"gzip data is damaged ({e})", 0) from None
+            _feed_all(an, data, len(data))
+            return an
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            info = open_capture(buf)
-            if info.kind == "pcap" and info.linktype not in SUPPORTED_LINKTYPES:
-                raise CaptureError(f"unsupported link type {info.linktype}", 20)
-            an.feed(buf, info.start, size, info)
+            _feed_all(an, buf, size)
     return an
+
+
+def _feed_all(an: Analyzer, buf: bytes | mmap.mmap, size: int) -> None:
+    if size == 0:
+        raise CaptureError("file is empty", 0)
+    info = open_capture(buf)
+    if info.kind == "pcap" and info.linktype not in SUPPORTED_LINKTYPES:
+        raise CaptureError(f"unsupported link type {info.linktype}", 20)
+    an.feed(buf, info.start, size, info)
 
 
 def _ms(v: float | None) -> str:
