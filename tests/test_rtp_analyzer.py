@@ -316,3 +316,20 @@ def test_sequence_accounting_matches_a_model_of_the_true_numbers(case: tuple[int
     expected = max(order) - order[0] + 1
     assert (s.packets, s.expected, s.lost, s.dups, s.reordered) == (
         len(order), expected, expected - len(order), dups, reordered)
+
+
+def test_random_udp_candidates_are_pruned_and_real_streams_survive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory stays bounded under UDP that never becomes RTP; confirmed streams keep counting through it."""
+    import agent.rtp.analyzer as analyzer_mod
+
+    monkeypatch.setattr(analyzer_mod, "MAX_CANDIDATES", 50)
+    rnd = random.Random(1)
+    events = []
+    for i in range(600):
+        events.append(pk(i, i * 0.01, ssrc=0x5EED))
+        junk = rtp(rnd.randrange(65536), 0, rnd.randrange(1 << 32), pt=0)  # a new SSRC every time
+        events.append((T0 + i * 0.01 + 0.001, rtp_v4("10.9.9.9", 9999, "10.0.0.2", 9999, junk)))
+    an = feed(events)
+    assert len(an.streams) <= 51
+    (s,) = an.reported()
+    assert (s.ssrc, s.packets, s.lost) == (0x5EED, 600, 0)

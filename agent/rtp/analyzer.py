@@ -450,10 +450,10 @@ class Analyzer:
             st = flows_get(key)
             if st is None or st.ssrc != ssrc:
                 st = self._other(key, ssrc, pt, t, seq, ts, rlen, b1)
-                if st is None:
-                    continue
                 flows = self.flows  # _other may have pruned (rebuilt) the dicts
                 flows_get = flows.get
+                if st is None:
+                    continue
             # ---- running totals (RFC 3550 A.1 sequence, A.8 jitter)
             st.packets += 1
             st.bytes += rlen
