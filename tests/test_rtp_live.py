@@ -135,44 +135,59 @@ def test_live_capture_ring_and_recvmsg_paths(use_ring: bool) -> None:
 
 
 class Relay(asyncio.DatagramProtocol):
-    """Forwards datagrams to ``dst``, dropping, duplicating and swapping some, during the first ``active`` s."""
+    """Forwards datagrams to ``dst``: drops, duplicates, swaps and delays some, while ``until`` has not passed.
 
-    def __init__(self, dst: tuple[str, int], active: float):
+    Keeps score of what it did, and of which packets really arrived late (``late``: a swapped packet, or a
+    delayed one that a later packet overtook).
+    """
+
+    DELAY = 0.03
+
+    def __init__(self, dst: tuple[str, int]):
         self.dst = dst
-        self.until = time.monotonic() + active
+        self.until = 0.0
         self.n = 0
-        self.dropped = self.duplicated = self.swapped = 0
-        self.held: bytes | None = None
+        self.dropped = self.duplicated = self.swapped = self.delayed = self.late = 0
+        self.highest_sent = 0
+        self.held: tuple[int, bytes] | None = None
         self.transport: Any = None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
+    def _send(self, i: int, data: bytes) -> None:
+        if i < self.highest_sent:
+            self.late += 1
+        self.highest_sent = max(self.highest_sent, i)
+        self.transport.sendto(data, self.dst)
+
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.n += 1
         i = self.n
-        send = self.transport.sendto
         impair = i > 5 and time.monotonic() < self.until
         if self.held is not None:
-            send(data, self.dst)
-            send(self.held, self.dst)  # the held packet arrives one late
+            self._send(i, data)
+            self._send(*self.held)  # the held packet arrives one late
             self.held = None
         elif impair and i % 40 == 17:
             self.dropped += 1
         elif impair and i % 50 == 23:
-            send(data, self.dst)
-            send(data, self.dst)
+            self._send(i, data)
+            self.transport.sendto(data, self.dst)
             self.duplicated += 1
         elif impair and i % 60 == 31:
-            self.held = data
+            self.held = (i, data)
             self.swapped += 1
+        elif impair and i % 70 == 43:
+            asyncio.get_running_loop().call_later(self.DELAY, self._send, i, data)
+            self.delayed += 1
         else:
-            send(data, self.dst)
+            self._send(i, data)
 
 
 @pytest.mark.real
 def test_live_capture_through_impairment_relay_matches_analyze_pcap(tmp_path: Path) -> None:
-    """ffmpeg -> relay (drop/duplicate/reorder) -> sink on lo; the probe and dumpcap+analyze-pcap agree."""
+    """ffmpeg -> relay (drop/duplicate/reorder/delay) -> sink on lo; the probe and dumpcap+analyze-pcap agree."""
     need_root()
     dumpcap, ffmpeg = tool("dumpcap"), tool("ffmpeg")
     relay_port = free_port() & ~1
@@ -186,7 +201,7 @@ def test_live_capture_through_impairment_relay_matches_analyze_pcap(tmp_path: Pa
         time.sleep(0.3)
     finally:
         dc.stop()
-    assert relay.dropped > 3 and relay.duplicated > 3 and relay.swapped > 3, vars(relay)
+    assert relay.dropped > 3 and relay.duplicated > 3 and relay.swapped > 3 and relay.delayed > 3, vars(relay)
 
     cam = (("camera", "cam-relay"),)
     counters = {name: rec.total(name, cam) for name in (
@@ -205,7 +220,7 @@ def test_live_capture_through_impairment_relay_matches_analyze_pcap(tmp_path: Pa
     # what the relay did, exactly
     assert counters["mogli_rtp_lost_packets_total"] == relay.dropped
     assert counters["mogli_rtp_duplicate_packets_total"] == relay.duplicated
-    assert counters["mogli_rtp_reordered_packets_total"] == relay.swapped
+    assert counters["mogli_rtp_reordered_packets_total"] == relay.late >= relay.swapped
     assert counters["mogli_capture_kernel_drops_total"] == 0 and kernel > 0
     # and what analyze-pcap says about dumpcap's capture of the same traffic
     an = analyze_file(cap_file, clock_rate=90000)
@@ -232,7 +247,7 @@ async def _scenario(ffmpeg: str, relay_port: int, sink_port: int,
     rtcp_sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rtcp_sink.bind(("127.0.0.1", relay_port + 1))
     transport, relay = await loop.create_datagram_endpoint(
-        lambda: Relay(("127.0.0.1", sink_port), active=0.0), local_addr=("127.0.0.1", relay_port))
+        lambda: Relay(("127.0.0.1", sink_port)), local_addr=("127.0.0.1", relay_port))
     cfg = load_text(f"target: '127.0.0.1:{sink_port}'\ninterface: lo\nname: cam-relay\n", rtp_probe.RtpConfig)
     rec = Recorder()
     try:
