@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--play-seconds", type=float, help="rtsp: PLAY this long and measure the stream")
     pr.add_argument("--username", help="rtsp: user name")
     pr.add_argument("--password-file", help="rtsp: file holding the password")
+    pr.add_argument("--interface", help="rtp: the interface to capture on (the first run listens timeout/2 s)")
     a = sub.add_parser("analyze-pcap", help="RTP stream statistics of a pcap/pcapng capture")
     a.add_argument("file", help="capture file (pcap or pcapng)")
     a.add_argument("--json", action="store_true", help='print {"streams": [...]}')
@@ -135,7 +136,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     elif args.kind:
         pk = PROBES[args.kind]
         given = {"target": args.target, "timeout": args.timeout, "play_seconds": args.play_seconds,
-                 "username": args.username, "password_file": args.password_file}
+                 "username": args.username, "password_file": args.password_file, "interface": args.interface}
         if args.play_seconds and args.timeout is None:
             given["timeout"] = args.play_seconds + 10
         try:  # kinds whose target is only a label (interfaces, system, uplink, wifi) have a default

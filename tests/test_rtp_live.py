@@ -333,3 +333,40 @@ def test_agent_reports_camera_metrics_to_the_collector(tmp_path: Path) -> None:
         sink.close()
         ag.stop()
         col.stop()
+
+
+def test_ad_hoc_probe_from_the_command_line() -> None:
+    """mogli-agent probe rtp ADDRESS:PORT --interface lo --timeout 2: listens 1 s and prints what it saw."""
+    import json
+    import threading
+
+    need_root()
+    port = free_port()
+    stop = threading.Event()
+
+    def sender() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            seq = 0
+            while not stop.is_set():
+                if seq % 50 != 7:  # every 50th packet lost
+                    tx.sendto(rtp(seq, seq * 160, 0x42, pt=8, marker=True), ("127.0.0.1", port))
+                seq += 1
+                time.sleep(0.005)
+
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", port))
+    th = threading.Thread(target=sender)
+    th.start()
+    try:
+        r = subprocess.run([sys.executable, "-m", "agent", "probe", "rtp", f"127.0.0.1:{port}", "--interface", "lo",
+                            "--timeout", "2", "--json"], capture_output=True, text=True, timeout=60)
+    finally:
+        stop.set()
+        th.join()
+        sink.close()
+    assert r.returncode == 0, r.stderr
+    (res,) = json.loads(r.stdout)["results"]
+    assert res["kind"] == "rtp" and res["success"] is True and res["target"] == f"127.0.0.1:{port}"
+    assert res["packets"] > 50 and res["frames"] == res["packets"]  # ~1 s at up to 200 packets/s
+    assert abs(res["lost"] - res["packets"] / 49) <= 1.5  # one in 50 sequence numbers never sent
+    assert res["jitter_ms"] is not None

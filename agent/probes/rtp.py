@@ -71,8 +71,8 @@ async def run(cfg: RtpConfig, result: ProbeResult) -> None:
     name = cfg.name or cfg.target
     first = name not in cap.cameras
     cap.add_camera(live.Camera(name, address, port, float(cfg.clock_rate)))
-    if first:  # the capture was just told about this camera: give its packets a moment
-        await asyncio.sleep(min(1.0, cfg.timeout / 2))
+    if first:  # the capture was just told about this camera: give its packets a moment (1 s by default)
+        await asyncio.sleep(cfg.timeout / 2)
     cap.read_ready()
     cap.poll_kernel_stats()
     now = time.time()
