@@ -90,6 +90,19 @@ def test_reordering_is_where_tshark_loss_differs(tmp_path: Path) -> None:
     assert tshark_streams(path)[_key(b)][1] != b["lost"]
 
 
+def test_one_swap_across_the_wrap_breaks_tshark_loss_not_ours(tmp_path: Path) -> None:
+    """Documented in docs/probes/rtp.md: 65534 0 65535 1 makes tshark report 65536 lost."""
+    from rtp_pcap import Capture, rtp, rtp_v4
+
+    c = Capture()
+    for i, seq in enumerate([65530, 65531, 65532, 65533, 65534, 0, 65535, 1, 2, 3, 4]):
+        c.add(1000 + i * 0.02, rtp_v4("10.0.0.1", 5004, "10.0.0.2", 5006, rtp(seq, i * 160, 0x99, pt=0)))
+    path = c.write(tmp_path / "wrap.pcap")
+    (s,) = ours(path)
+    assert (s["packets"], s["expected"], s["lost"], s["duplicates"]) == (11, 11, 0, 0)
+    assert tshark_streams(path)[_key(s)] == (11, 65536)
+
+
 def test_real_ffmpeg_h264_stream_on_loopback(tmp_path: Path) -> None:
     """ffmpeg sends RTP/H.264 to 127.0.0.1; dumpcap captures it on lo; tshark and we agree on it."""
     need_root()
