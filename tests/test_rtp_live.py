@@ -100,12 +100,14 @@ def test_live_capture_ring_and_recvmsg_paths(use_ring: bool) -> None:
     need_root()
 
     async def scenario() -> live.LiveCapture:
-        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sink.bind(("127.0.0.1", 0))
-        port = sink.getsockname()[1]
+        sinks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+        for sk in sinks:
+            sk.bind(("127.0.0.1", 0))
+        port, port2, other = (sk.getsockname()[1] for sk in sinks)
         cap = live.LiveCapture("lo", use_ring=use_ring)
         cap.add_camera(live.Camera("c", ipaddress.ip_address("127.0.0.1"), port, 8000))
         cap.open()
+        cap.add_camera(live.Camera("d", ipaddress.ip_address("127.0.0.1"), port2))  # added while capturing
         try:
             assert (cap.ring is not None) == use_ring
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
@@ -115,6 +117,9 @@ def test_live_capture_ring_and_recvmsg_paths(use_ring: bool) -> None:
                     if seq != 150:  # one loss
                         tx.sendto(rtp(seq, seq * 160, 0x77, pt=0, marker=seq % 10 == 0, payload=b"\0" * 160),
                                   ("127.0.0.1", port))
+                    if seq < 20:  # camera d: 20 packets; and RTP to a port no camera has
+                        tx.sendto(rtp(seq, seq * 3000, 0x88, pt=96), ("127.0.0.1", port2))
+                        tx.sendto(rtp(seq, seq * 3000, 0x99, pt=96), ("127.0.0.1", other))
                     await asyncio.sleep(0.002)
             await asyncio.sleep(0.1)  # longer than the ring's block timeout
             cap.read_ready()
@@ -122,16 +127,20 @@ def test_live_capture_ring_and_recvmsg_paths(use_ring: bool) -> None:
             return cap
         finally:
             cap.close()
-            sink.close()
+            for sk in sinks:
+                sk.close()
 
     cap = asyncio.run(scenario())
-    (s,) = cap.analyzer.reported()
+    assert sorted(x.ssrc for x in cap.analyzer.reported()) == [0x77, 0x88]  # the kernel filter dropped 0x99
+    s = next(x for x in cap.analyzer.reported() if x.ssrc == 0x77)
     assert (s.packets, s.lost, s.frames, s.stalls, s.bytes) == (199, 1, 19, 1, 199 * 172)  # 150 was a marker
     assert 1.2 <= s.max_delta < 2.0
     assert abs(s.epoch + s.first_t - time.time()) < 30  # a kernel wall-clock timestamp
     assert cap.kernel_drops == 0
-    tot = cap.totals()["c"]
-    assert (tot.packets, tot.lost, tot.frames) == (199, 1, 19)
+    tot = cap.totals()
+    assert (tot["c"].packets, tot["c"].lost, tot["c"].frames) == (199, 1, 19)
+    assert (tot["d"].packets, tot["d"].lost, tot["d"].frames) == (20, 0, 0)
+    assert tot["d"].jitter is not None  # dynamic PT 96 with the camera's default clock rate 90000
 
 
 class Relay(asyncio.DatagramProtocol):
