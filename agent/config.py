@@ -29,9 +29,9 @@ class CollectorConfig:
     ca_file: str = ""  # CA bundle to verify an https collector; empty: system CAs
     client_cert_file: str = ""  # client certificate (PEM) when the collector requires one
     client_key_file: str = ""
-    timeout: float = field(default=10.0, metadata=check(min=0.5, max=300))
-    report_interval: float = field(default=5.0, metadata=check(min=0.2, max=600))
-    backoff_max: float = field(default=60.0, metadata=check(min=0.5, max=3600))
+    timeout: float = field(default=4.0, metadata=check(min=0.5, max=300))
+    report_interval: float = field(default=2.0, metadata=check(min=0.2, max=600))
+    backoff_max: float = field(default=10.0, metadata=check(min=0.5, max=3600))
     # Backlog batches replayed per second after an outage; the newest (live) batch always goes first.
     replay_rate: float = field(default=20.0, metadata=check(min=0.1, max=10000))
 

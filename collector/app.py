@@ -25,6 +25,7 @@ from collector import remote_write
 from collector.config import CollectorConfig
 from collector.exposition import registry_for
 from collector.inventory import Inventory
+from collector.render import FAST, Renderer
 from collector.state import State
 from collector.status import StatusTracker, render_html
 from collector.status import status as status_of
@@ -41,6 +42,7 @@ class Extras:
     inventory: Inventory | None
     limiter: RateLimiter
     tracker: StatusTracker = field(default_factory=StatusTracker)
+    renderer: Renderer = field(default_factory=Renderer)
     # rendered /metrics: (state version, content type, second) -> body
     cache: dict[tuple[int, str, int], bytes] = field(default_factory=dict)
 
@@ -161,7 +163,7 @@ def _header_float(request: web.Request, name: str, lo: float, hi: float) -> floa
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Render from a snapshot in a worker thread; reuse the bytes while nothing changed (same second)."""
+    """Render from a snapshot (collector/render.py); reuse the bytes while nothing changed (same second)."""
     state = request.app[STATE_KEY]
     extras = request.app[EXTRAS_KEY]
     now = time.time()
@@ -171,9 +173,12 @@ async def metrics(request: web.Request) -> web.Response:
     if data is None:
         snap = state.snapshot(now)
         pending = state.store.backfill_pending()[1] if extras.writer is not None else 0
-        registry = registry_for(lambda _now: snap, extras.inventory, extras.writer, pending)
-        # render off the event loop so ingest keeps flowing during a large scrape
-        data = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
+        if content_type in FAST:
+            data = await extras.renderer.render_async(snap, extras.inventory, extras.writer, pending,
+                                                      FAST[content_type])
+        else:  # another escaping or version asked for: prometheus-client's own encoders, off the loop
+            registry = registry_for(lambda _now: snap, extras.inventory, extras.writer, pending)
+            data = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
         extras.cache.clear()
         extras.cache[key] = data
     resp = web.Response(body=data)
@@ -245,9 +250,11 @@ def make_app(cfg: CollectorConfig, store: Store | None = None, inv: Inventory | 
     app.router.add_get("/api/v1/status", api_status)
 
     async def background(app: web.Application) -> Any:
-        task = asyncio.create_task(writer.run()) if writer is not None else None
+        tasks = []
+        if writer is not None:
+            tasks.append(asyncio.create_task(writer.run()))
         yield
-        if task is not None:
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -92,7 +92,7 @@ def _coord(v: float | None) -> str:
 
 
 def families(snap: Snapshot, inv: Inventory | None = None, writer: Writer | None = None,
-             pending: int = 0) -> Iterator[Metric]:
+             pending: int = 0, include_series: bool = True) -> Iterator[Metric]:
     fams: dict[str, Metric] = {}
 
     def fam(name: str) -> Metric:
@@ -147,7 +147,7 @@ def families(snap: Snapshot, inv: Inventory | None = None, writer: Writer | None
         fam("mogli_collector_missing_batches_total").add_metric(  # type: ignore[attr-defined]
             nl, snap.missing.get(node_id, 0)
         )
-        if not live:
+        if not live or not include_series:
             continue  # stale: its series leave /metrics so Grafana shows the gap
         for (name, labels), (value, _ts) in sorted(n.series.items()):
             spec = METRICS.get(name)

@@ -18,7 +18,7 @@ CONFIGS = Path(__file__).parent / "configs"
 def test_example_configs_load_with_documented_values() -> None:
     a = agent_config.load(ROOT / "agent" / "example.yml")
     assert a.node == "stiftsplatz" and a.site == "maikerwe-2026"
-    assert a.collector.report_interval == 5 and a.spool.max_age == 604800
+    assert a.collector.report_interval == 2 and a.spool.max_age == 604800
     assert [p.target for p in a.probes.tcp] == ["127.0.0.1:9630"]
     c = collector_config.load(ROOT / "collector" / "example.yml")
     assert c.listen.port == 9630 and c.stale_after == 60 and "stiftsplatz" in c.agents
