@@ -66,7 +66,7 @@ _METRICS = [
     _m("mogli_rtsp_frames_per_second", "gauge",
        "Video frames (RTP marker bits) per second during the last PLAY", "probe", "target", unit="hertz"),
     _m("mogli_rtsp_bitrate_bytes_per_second", "gauge",
-       "RTP bits per second (headers included) during the last PLAY", "probe", "target", unit="bytes"),
+       "RTP bytes per second (headers included) during the last PLAY", "probe", "target", unit="bytes"),
     _m("mogli_rtsp_first_frame_seconds", "gauge",
        "Time from sending PLAY to the end of the first video frame", "probe", "target", unit="seconds"),
     _m("mogli_rtsp_jitter_seconds", "gauge",
@@ -174,7 +174,8 @@ _METRICS = [
        "camera", unit="seconds"),
     _m("mogli_rtp_frames_per_second", "gauge", "Marker-bit packets per second since the previous report",
        "camera", unit="hertz"),
-    _m("mogli_rtp_bitrate_bits_per_second", "gauge", "RTP bits per second since the previous report", "camera"),
+    _m("mogli_rtp_bitrate_bytes_per_second", "gauge", "RTP bytes per second since the previous report", "camera",
+       unit="bytes"),
     _m("mogli_capture_kernel_drops_total", "counter",
        "Packets the kernel dropped before the capture socket read them (PACKET_STATISTICS)", "interface"),
 ]

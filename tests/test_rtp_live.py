@@ -245,7 +245,7 @@ def test_live_capture_through_impairment_relay_matches_analyze_pcap(tmp_path: Pa
     assert gauges["mogli_rtp_jitter_seconds"] * 1000 == pytest.approx(s["jitter_ms"], abs=0.002)
     assert 0 <= gauges["mogli_rtp_last_packet_age_seconds"] < 2
     assert 0 <= gauges["mogli_rtp_last_frame_age_seconds"] < 2
-    assert gauges["mogli_rtp_frames_per_second"] > 0 and gauges["mogli_rtp_bitrate_bits_per_second"] > 0
+    assert gauges["mogli_rtp_frames_per_second"] > 0 and gauges["mogli_rtp_bitrate_bytes_per_second"] > 0
 
 
 async def _scenario(ffmpeg: str, relay_port: int, sink_port: int,

@@ -93,7 +93,7 @@ async def run(cfg: RtpConfig, result: ProbeResult) -> None:
     if rep.at:
         dt = max(now - rep.at, 1e-3)
         result.gauge("mogli_rtp_frames_per_second", (cur["frames"] - rep.frames) / dt, camera=name)
-        result.gauge("mogli_rtp_bitrate_bits_per_second", (cur["bytes"] - rep.bytes) * 8 / dt, camera=name)
+        result.gauge("mogli_rtp_bitrate_bytes_per_second", (cur["bytes"] - rep.bytes) / dt, camera=name)
     rep.at, rep.frames, rep.bytes = now, cur["frames"], cur["bytes"]
     result.detail.update(packets=tot.packets, lost=tot.lost, duplicates=tot.duplicates, frames=tot.frames,
                          jitter_ms=None if tot.jitter is None else round(tot.jitter * 1000, 3))
