@@ -45,6 +45,15 @@ class _One(Collector):
         yield self.metric
 
 
+def _advance(gen: Generator[None, None, bytes]) -> bytes | None:
+    """One step of a render; its result once it is done."""
+    try:
+        next(gen)
+    except StopIteration as done:
+        return cast(bytes, done.value)
+    return None
+
+
 class Renderer:
     def __init__(self) -> None:
         # (sample name, agent labels, node, site, le) -> 'name{...}' (with a trailing space)
@@ -79,22 +88,17 @@ class Renderer:
                openmetrics: bool) -> bytes:
         """Render in one go (benchmarks, tests)."""
         gen = self.steps(snap, inv, writer, pending, openmetrics)
-        while True:
-            try:
-                next(gen)
-            except StopIteration as done:
-                return cast(bytes, done.value)
+        while (out := _advance(gen)) is None:
+            pass
+        return out
 
     async def render_async(self, snap: Snapshot, inv: Inventory | None, writer: Writer | None, pending: int,
                            openmetrics: bool) -> bytes:
         """Render on the event loop, handing it back every few thousand series so ingest never waits long."""
         gen = self.steps(snap, inv, writer, pending, openmetrics)
-        while True:
-            try:
-                next(gen)
-            except StopIteration as done:
-                return cast(bytes, done.value)
+        while (out := _advance(gen)) is None:
             await asyncio.sleep(0)
+        return out
 
     def steps(self, snap: Snapshot, inv: Inventory | None, writer: Writer | None, pending: int,
               openmetrics: bool, step: int = 2000) -> Generator[None, None, bytes]:
