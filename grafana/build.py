@@ -271,8 +271,9 @@ def overview() -> Json:
                     "are always shown. Click a node for its detail dashboard.")
     b.add("geomap", "Festival map", [
         target(
-            f'label_replace(mogli_node_info{{{S}}} * on (node, site) mogli:node_health, "kind", "node", "", "")'
-            f' or label_replace((mogli_camera_info{{{S}}} * on (camera, site) mogli:camera_state)'
+            f'label_replace(mogli_node_info{{{S}}} * on (node, site) group_left () mogli:node_health,'
+            f' "kind", "node", "", "")'
+            f' or label_replace((mogli_camera_info{{{S}}} * on (camera, site) group_left () mogli:camera_state)'
             f' or (mogli_camera_info{{{S}}} - 2), "kind", "camera", "", "")',
             ref="A", instant=True, fmt="table"),
     ], "none", w=12, h=16, mappings=MAP_MAPPINGS, steps=GREEN_ORANGE_RED,

@@ -359,9 +359,6 @@ def test_every_panel_query_runs_against_real_prometheus_with_real_agents(tmp_pat
         tokens = {"stiftsplatz": "tok-stifts", "rathaus": "tok-rathaus", "schillerplatz": "tok-schiller"}
         ccfg = write_collector_config(tmp_path, col_port, tokens, inventory=str(inv), stale_after=10,
                                       remote_write={"url": f"{prom.url}/api/v1/write", "late_after": 20})
-        procs.append(start_collector(tmp_path, col_port, ccfg))
-        wait_until(lambda: "READY" in camera.output() or not camera.alive(), 30, "camera READY")
-        assert camera.alive(), camera.output()
         common: dict[str, Any] = {
             "interfaces": [{"include": ["lo"], "exclude": [], "interval": 1}],
             "system": [{"interval": 1}],
@@ -378,6 +375,14 @@ def test_every_panel_query_runs_against_real_prometheus_with_real_agents(tmp_pat
             "rathaus": {**common,
                         "tcp": [{"target": f"127.0.0.1:{listener.port}", "name": "kasse", "interval": 1}]},
         }
+        # rathaus starts before the collector listens: its first sends fail (send errors, a spool backlog)
+        # and it delivers them once the collector is up
+        procs.append(start_agent(tmp_path, write_agent_config(tmp_path, "rathaus", tokens["rathaus"], col_port,
+                                                              agents.pop("rathaus")), name="rathaus"))
+        wait_until(lambda: "failed (connect)" in procs[-1].output() or not procs[-1].alive(), 20, "rathaus send error")
+        procs.append(start_collector(tmp_path, col_port, ccfg))
+        wait_until(lambda: "READY" in camera.output() or not camera.alive(), 30, "camera READY")
+        assert camera.alive(), camera.output()
         for node, probes in agents.items():
             cfg = write_agent_config(tmp_path, node, tokens[node], col_port, probes)
             procs.append(start_agent(tmp_path, cfg, name=node))
