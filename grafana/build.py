@@ -100,14 +100,26 @@ UP_DOWN_MAPPINGS = [
 ]
 
 
-def node_link(title: str = "Node detail") -> Json:
-    return {"title": title, "url": f"/d/{UIDS['node']}/node-detail?var-site=${{__field.labels.site}}"
-            "&var-node=${__field.labels.node}&${__url_time_range}"}
+def _ref(label: str, table: bool) -> str:
+    """A data link's reference to a label of the clicked row (table frames) or series (time series)."""
+    return f"${{__data.fields.{label}}}" if table else f"${{__field.labels.{label}}}"
 
 
-def camera_link() -> Json:
-    return {"title": "Camera wall", "url": f"/d/{UIDS['cameras']}/camera-wall?var-site=${{__field.labels.site}}"
-            "&var-camera=${__field.labels.camera}&${__url_time_range}"}
+def node_link(table: bool) -> Json:
+    """To Node detail for the clicked node; the site variable and the time range come along."""
+    return {"title": "Node detail",
+            "url": f"/d/{UIDS['node']}/node-detail?${{site:queryparam}}&var-node={_ref('node', table)}"
+                   "&${__url_time_range}"}
+
+
+def camera_link(table: bool) -> Json:
+    return {"title": "Camera wall",
+            "url": f"/d/{UIDS['cameras']}/camera-wall?${{site:queryparam}}&var-camera={_ref('camera', table)}"
+                   "&${__url_time_range}"}
+
+
+# Table columns that data links read (${__data.fields.node}) keep their label name as header.
+LINKED_COLUMNS = ("node", "camera")
 
 
 class Board:
@@ -199,10 +211,11 @@ class Board:
     def table(self, title: str, targets: list[Json], unit: str, columns: dict[str, str], **kw: Any) -> Json:
         """An instant table; ``columns`` maps label -> header, in display order (others hidden)."""
         order = {name: i for i, name in enumerate(columns)}
+        columns = {k: v for k, v in columns.items() if k not in LINKED_COLUMNS}
         kw.setdefault("transformations", [
             {"id": "organize", "options": {
                 "excludeByName": {"Time": True, "__name__": True, "job": True, "instance": True},
-                "indexByName": order, "renameByName": columns, "includeByName": dict.fromkeys(columns, True)}},
+                "indexByName": order, "renameByName": columns, "includeByName": dict.fromkeys(order, True)}},
         ])
         kw.setdefault("options", {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}})
         return self.add("table", title, targets, unit, **kw)
@@ -266,7 +279,7 @@ def overview() -> Json:
         target('ALERTS{alertstate="firing", site=~"$site|"}', ref="A", instant=True, fmt="table"),
     ], "none", {"severity": "Severity", "alertname": "Alert", "node": "Node", "title": "Place",
                 "target": "Target", "camera": "Camera", "site": "Site"}, w=12, h=10,
-        links=[node_link()],
+        links=[node_link(True)],
         description="Every firing mogli alert (docs/alerts.md); alerts without a site (collector down) "
                     "are always shown. Click a node for its detail dashboard.")
     b.add("geomap", "Festival map", [
@@ -277,7 +290,7 @@ def overview() -> Json:
             f' or (mogli_camera_info{{{S}}} - 2), "kind", "camera", "", "")',
             ref="A", instant=True, fmt="table"),
     ], "none", w=12, h=16, mappings=MAP_MAPPINGS, steps=GREEN_ORANGE_RED,
-        links=[node_link(), camera_link()],
+        links=[node_link(True), camera_link(True)],
         description="Nodes (cases) and cameras at their inventory coordinates. Colour: green OK, orange "
                     "warning / lossy, red critical / frozen / down, grey no data yet. A node is red while "
                     "it is silent or a critical alert about it (or one of its cameras) fires.",
@@ -308,27 +321,27 @@ def overview() -> Json:
     b.states("Node health", [
         target(f"mogli:node_health{{{S}}} * on (node, site) group_left (title) mogli:node_place:info",
                "{{title}}"),
-    ], NODE_HEALTH_MAPPINGS, w=12, h=6, links=[node_link()])
+    ], NODE_HEALTH_MAPPINGS, w=12, h=6, links=[node_link(False)])
     b.table("Uplink per node", [
         target(f"mogli_uplink_info{{{S}}} * on (node, site) group_left (title) mogli:node_place:info",
                ref="A", instant=True, fmt="table"),
     ], "none", {"title": "Place", "node": "Node", "family": "Family", "uplink": "Uplink",
-                "interface": "Interface", "gateway": "Gateway"}, w=12, h=8, links=[node_link()],
+                "interface": "Interface", "gateway": "Gateway"}, w=12, h=8, links=[node_link(True)],
         description="The default route each node uses now (mogli_uplink_info); the Node detail dashboard marks "
                     "every change.")
     b.table("Worst links (ping loss, 1 min)", [
         target(f"topk(10, mogli:icmp_loss_ratio:1m{{{S}}})", ref="A", instant=True, fmt="table"),
-    ], "percentunit", {"node": "Node", "target": "Target", "Value": "Loss"}, w=8, h=8, links=[node_link()],
+    ], "percentunit", {"node": "Node", "target": "Target", "Value": "Loss"}, w=8, h=8, links=[node_link(True)],
         steps=thresholds((None, "green"), (0.02, "orange"), (0.1, "red")),
         custom={"cellOptions": {"type": "color-text"}})
     b.table("Slowest uplinks (ping RTT, 1 min)", [
         target(f"topk(10, mogli:uplink_rtt_seconds:avg1m{{{S}}})", ref="A", instant=True, fmt="table"),
-    ], "s", {"node": "Node", "Value": "RTT"}, w=8, h=8, links=[node_link()],
+    ], "s", {"node": "Node", "Value": "RTT"}, w=8, h=8, links=[node_link(True)],
         steps=thresholds((None, "green"), (0.05, "orange"), (0.15, "red")),
         custom={"cellOptions": {"type": "color-text"}})
     b.table("Failing probes", [
         target(f"mogli_probe_success{{{S}}} == 0", ref="A", instant=True, fmt="table"),
-    ], "none", {"node": "Node", "probe": "Probe", "target": "Target"}, w=8, h=8, links=[node_link()],
+    ], "none", {"node": "Node", "probe": "Probe", "target": "Target"}, w=8, h=8, links=[node_link(True)],
         description="Probes whose last run failed (any kind: tcp, http, rtsp, icmp, ...).")
     return dashboard("overview", "mogli: Festival overview",
                      "Is everything green? Map, counts, alerts, uplinks and the worst links of the event.",
@@ -482,7 +495,7 @@ def camera_wall() -> Json:
     b = Board()
     b.states("All cameras", [
         target(f"mogli:camera_state{{{S}}}", "{{title}}"),
-    ], CAMERA_STATE_MAPPINGS, w=24, h=7, links=[camera_link()],
+    ], CAMERA_STATE_MAPPINGS, w=24, h=7, links=[camera_link(False)],
         description="0 OK, 1 lossy (> 2 % RTP loss), 2 frozen (packets but no new frames, or 3 stalls a "
                     "minute), 3 down (no packets for 3 s or the RTSP probe fails): mogli:camera_state.")
     b.row("$camera", repeat="camera")
@@ -558,7 +571,7 @@ def monitoring_health() -> Json:
                                    "justifyMode": "auto", "orientation": "auto"})
     b.states("Agents", [
         target(f"mogli_agent_up{{{NM}}}", "{{node}}"),
-    ], UP_DOWN_MAPPINGS, w=12, h=8, steps=thresholds((None, "red"), (1, "green")), links=[node_link()])
+    ], UP_DOWN_MAPPINGS, w=12, h=8, steps=thresholds((None, "red"), (1, "green")), links=[node_link(False)])
     b.timeseries("Time since last report", [
         target(f"time() - mogli_agent_last_report_timestamp_seconds{{{NM}}}", "{{node}}", "A"),
     ], "s", w=12, h=8, steps=thresholds((None, "green"), (12, "red")), custom={"thresholdsStyle": {"mode": "line"}})
