@@ -129,14 +129,12 @@ class Board:
         self.panels: list[Json] = []
         self._x = 0
         self._y = 0
-        self._line_h = 0
         self._next_id = 1
 
     def _newline(self) -> None:
-        if self._x:
-            self._y += self._line_h
+        """Continue below everything placed so far."""
+        self._y = max((p["gridPos"]["y"] + p["gridPos"]["h"] for p in self.panels), default=0)
         self._x = 0
-        self._line_h = 0
 
     def row(self, title: str, repeat: str = "") -> None:
         self._newline()
@@ -146,15 +144,18 @@ class Board:
             p["repeat"] = repeat
         self._next_id += 1
         self.panels.append(p)
-        self._y += 1
+        self._newline()
 
     def add(self, kind: str, title: str, targets: list[Json], unit: str, w: int = 8, h: int = 8,
             description: str = "", mappings: list[Json] | None = None, steps: Json | None = None,
             links: list[Json] | None = None, options: Json | None = None, custom: Json | None = None,
             transformations: list[Json] | None = None, extra: Json | None = None,
-            min_: float | None = None, max_: float | None = None, no_value: str = "") -> Json:
-        if self._x + w > 24:
+            min_: float | None = None, max_: float | None = None, no_value: str = "",
+            at: tuple[int, int] | None = None) -> Json:
+        """Add a panel at the cursor (wrapping at 24 columns), or at ``at`` = (x, y) for hand-made layouts."""
+        if at is None and self._x + w > 24:
             self._newline()
+        x, y = at if at is not None else (self._x, self._y)
         defaults: Json = {"unit": unit}
         if mappings:
             defaults["mappings"] = mappings
@@ -173,7 +174,7 @@ class Board:
             defaults["noValue"] = no_value
         p: Json = {
             "id": self._next_id, "type": kind, "title": title, "datasource": DS,
-            "gridPos": {"x": self._x, "y": self._y, "w": w, "h": h},
+            "gridPos": {"x": x, "y": y, "w": w, "h": h},
             "targets": targets, "fieldConfig": {"defaults": defaults, "overrides": []},
             "options": options or {},
         }
@@ -184,9 +185,11 @@ class Board:
         if extra:
             p.update(extra)
         self._next_id += 1
-        self._x += w
-        self._line_h = max(self._line_h, h)
         self.panels.append(p)
+        if at is None:
+            self._x += w
+        else:
+            self._x = 24  # the next flowing panel starts below everything
         return p
 
     # shorthands ----------------------------------------------------------
@@ -275,10 +278,14 @@ def overview() -> Json:
         target('count(ALERTS{alertstate="firing", severity="critical", site=~"$site|"})', "critical", "A"),
         target('count(ALERTS{alertstate="firing", severity="warning", site=~"$site|"})', "warning", "B"),
     ], "short", w=4, h=5, no_value="0", steps=thresholds((None, "green"), (1, "red")))
+    b.states("Node health", [
+        target(f"mogli:node_health{{{S}}} * on (node, site) group_left (title) mogli:node_place:info",
+               "{{title}}"),
+    ], NODE_HEALTH_MAPPINGS, w=12, h=5, links=[node_link(False)])
     b.table("Active alerts", [
         target('ALERTS{alertstate="firing", site=~"$site|"}', ref="A", instant=True, fmt="table"),
     ], "none", {"severity": "Severity", "alertname": "Alert", "node": "Node", "title": "Place",
-                "target": "Target", "camera": "Camera", "site": "Site"}, w=12, h=10,
+                "target": "Target", "camera": "Camera", "site": "Site"}, w=12, h=9, at=(12, 5),
         links=[node_link(True)],
         description="Every firing mogli alert (docs/alerts.md); alerts without a site (collector down) "
                     "are always shown. Click a node for its detail dashboard.")
@@ -289,7 +296,7 @@ def overview() -> Json:
             f' or label_replace((mogli_camera_info{{{S}}} * on (camera, site) group_left () mogli:camera_state)'
             f' or (mogli_camera_info{{{S}}} - 2), "kind", "camera", "", "")',
             ref="A", instant=True, fmt="table"),
-    ], "none", w=12, h=16, mappings=MAP_MAPPINGS, steps=GREEN_ORANGE_RED,
+    ], "none", w=12, h=18, at=(0, 5), mappings=MAP_MAPPINGS, steps=GREEN_ORANGE_RED,
         links=[node_link(True), camera_link(True)],
         description="Nodes (cases) and cameras at their inventory coordinates. Colour: green OK, orange "
                     "warning / lossy, red critical / frozen / down, grey no data yet. A node is red while "
@@ -318,15 +325,11 @@ def overview() -> Json:
                 },
             }],
         })
-    b.states("Node health", [
-        target(f"mogli:node_health{{{S}}} * on (node, site) group_left (title) mogli:node_place:info",
-               "{{title}}"),
-    ], NODE_HEALTH_MAPPINGS, w=12, h=6, links=[node_link(False)])
     b.table("Uplink per node", [
         target(f"mogli_uplink_info{{{S}}} * on (node, site) group_left (title) mogli:node_place:info",
                ref="A", instant=True, fmt="table"),
     ], "none", {"title": "Place", "node": "Node", "family": "Family", "uplink": "Uplink",
-                "interface": "Interface", "gateway": "Gateway"}, w=12, h=8, links=[node_link(True)],
+                "interface": "Interface", "gateway": "Gateway"}, w=12, h=9, at=(12, 14), links=[node_link(True)],
         description="The default route each node uses now (mogli_uplink_info); the Node detail dashboard marks "
                     "every change.")
     b.table("Worst links (ping loss, 1 min)", [
@@ -454,11 +457,16 @@ def node_detail() -> Json:
         target(f"mogli_case_power_supply_online{{{N}}}", "{{supply}} online", "C"),
     ], "percentunit", w=8, min_=0, max_=1,
         description="Battery charge (0..100 %); 'on battery' and 'online' are 0/1 (shown as 0 % / 100 %).")
-    b.timeseries("Load and memory", [
-        target(f"mogli_case_load1{{{N}}}", "load 1 min", "A"),
-        target(f"mogli_case_memory_available_bytes{{{N}}} / mogli_case_memory_total_bytes{{{N}}}",
-               "memory available", "B"),
+    b.timeseries("Load", [
+        target(f"mogli_case_load1{{{N}}}", "1 min", "A"),
+        target(f"mogli_case_load5{{{N}}}", "5 min", "B"),
     ], "short", w=8)
+    b.timeseries("Memory available", [
+        target(f"mogli_case_memory_available_bytes{{{N}}} / mogli_case_memory_total_bytes{{{N}}}", "available", "A"),
+    ], "percentunit", w=8, min_=0, max_=1)
+    b.timeseries("Uptime", [
+        target(f"mogli_case_uptime_seconds{{{N}}}", "uptime", "A"),
+    ], "s", w=8, description="Time since the router booted: a drop to 0 is a reboot (power loss?).")
     b.timeseries("Disk free", [
         target(f"mogli_case_disk_free_bytes{{{N}}}", "{{path}}", "A"),
     ], "bytes", w=8)
