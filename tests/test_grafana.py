@@ -213,6 +213,15 @@ def test_provisioning_files() -> None:
     assert provider["options"]["path"] in (ROOT / "README.md").read_text()
 
 
+def test_every_panel_is_documented() -> None:
+    doc = (ROOT / "docs" / "dashboards.md").read_text()
+    for name, d in dashboards().items():
+        assert f"`{d['uid']}`" in doc, name
+        for p in panels(d):
+            if p["type"] != "row":
+                assert f"| {p['title']}" in doc or f", {p['title']}" in doc, f"{name}: {p['title']!r} not in docs"
+
+
 def test_variables_are_label_values_queries_in_dependency_order() -> None:
     for name, d in dashboards().items():
         seen: set[str] = set()
