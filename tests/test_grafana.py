@@ -287,8 +287,8 @@ def run_all(prom: Prometheus, start: float) -> dict[tuple[str, str, str], list[d
                 q = substitute(expr, c)
                 try:
                     res = prom.query_range(q, start, end, 1.0)
-                except AssertionError as e:
-                    raise AssertionError(f"{d['uid']} / {title} / {ref} with {c}: {q}\n{e}") from None
+                except AssertionError as e:  # pytest.fail: not retried by wait_until
+                    pytest.fail(f"query error: {d['uid']} / {title} / {ref} with {c}: {q}\n{e}")
                 if len(res) >= len(out.get(key, [])):
                     out[key] = res
     return out
