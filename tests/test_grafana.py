@@ -6,7 +6,11 @@ a GStreamer RTSP camera probed by an agent, one never measured), the shipped rec
 a collector with the inventory and remote-write backfill. Then, for every dashboard, it substitutes every
 value of every template variable (as Grafana's label_values would list them, plus All) and runs every panel
 query: none may fail, and each one must return data for at least one variable value, except those listed in
-NEEDS_BRANCH (metrics built on other branches) and NEEDS_HARDWARE (sensors a test machine lacks).
+NEEDS_BRANCH (metrics built on other branches).
+
+What a test machine lacks (a Wi-Fi card, a temperature sensor, a UPS, an uplink that fails over) comes from a
+fourth node, "marktplatz", whose reports this test posts itself in the agents' wire format (agent/wire.py) to
+the real collector: the panels' queries then meet the real collector's series names and labels.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from helpers import (
     Proc,
     Prometheus,
     free_port,
+    http_post,
     need,
     start_agent,
     start_collector,
@@ -39,6 +44,8 @@ from helpers import (
     write_agent_config,
     write_collector_config,
 )
+
+from agent import wire
 
 GRAFANA = ROOT / "grafana"
 DASHBOARDS = GRAFANA / "dashboards"
@@ -65,16 +72,6 @@ NEEDS_BRANCH: dict[tuple[str, str], set[str]] = {
     ("mogli-cameras", "Last frame age"): {"A", "B"},
     ("mogli-cameras", "Stalls (1 h)"): {"A"},
     ("mogli-cameras", "Capture kernel drops"): {"A"},
-}
-# Queries that may be empty on a test machine: no Wi-Fi card, no temperature sensor, no battery or
-# power-supply class in /sys, no uplink change during the run. Not asserted either way.
-NEEDS_HARDWARE: dict[tuple[str, str], set[str]] = {
-    ("mogli-node", "Wi-Fi signal"): {"A", "B", "C"},
-    ("mogli-node", "Wi-Fi peer bitrates"): {"A", "B", "C"},
-    ("mogli-node", "Wi-Fi stations"): {"A"},
-    ("mogli-node", "Case temperature"): {"A"},
-    ("mogli-node", "Power"): {"A", "B", "C"},
-    ("mogli-node", "annotation: Uplink failover"): {"A"},
 }
 # Values Grafana substitutes itself ($__rate_interval: at least 4 scrape intervals; the test scrapes every 1 s).
 BUILTINS = {"__rate_interval": "10s", "__interval": "2s", "__range": "5m"}
@@ -295,8 +292,7 @@ def run_all(prom: Prometheus, start: float) -> dict[tuple[str, str, str], list[d
 
 
 def missing_data(results: dict[tuple[str, str, str], list[dict[str, Any]]]) -> list[tuple[str, str, str]]:
-    return [k for k, r in results.items()
-            if not r and k[2] not in NEEDS_BRANCH.get(k[:2], set()) | NEEDS_HARDWARE.get(k[:2], set())]
+    return [k for k, r in results.items() if not r and k[2] not in NEEDS_BRANCH.get(k[:2], set())]
 
 
 def _gst_missing() -> str:
@@ -332,12 +328,71 @@ class Listener:
         self.sock.close()
 
 
+class HardwareReporter:
+    """Node "marktplatz": reports what this machine has no hardware for, once a second, like an agent would:
+    a Wi-Fi backhaul with a peer, a case temperature, a UPS on mains, and, after fail_over(), an uplink
+    failover from fibre to LTE (mogli_uplink_changes_total 0 -> 1: the Node detail annotation)."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.url = f"http://127.0.0.1:{port}/api/v1/reports"
+        self.token = token
+        self.lte = threading.Event()
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _samples(self, n: int, now: float) -> tuple[wire.Sample, ...]:
+        lte = self.lte.is_set()
+        values: list[tuple[str, dict[str, str], float]] = [
+            ("mogli_wifi_stations", {"interface": "wlan0"}, 1),
+            ("mogli_wifi_signal_min_dbm", {"interface": "wlan0"}, -67),
+            ("mogli_wifi_signal_avg_dbm", {"interface": "wlan0"}, -61),
+            ("mogli_wifi_peer_signal_dbm", {"interface": "wlan0", "peer": "mast-nord"}, -58 - n % 3),
+            ("mogli_wifi_peer_tx_bitrate_bytes_per_second", {"interface": "wlan0", "peer": "mast-nord"}, 108e6 / 8),
+            ("mogli_wifi_peer_rx_bitrate_bytes_per_second", {"interface": "wlan0", "peer": "mast-nord"}, 72e6 / 8),
+            ("mogli_wifi_peer_expected_throughput_bytes_per_second", {"interface": "wlan0", "peer": "mast-nord"},
+             60e6 / 8),
+            ("mogli_case_temperature_celsius", {"sensor": "cpu"}, 48 + n % 2),
+            ("mogli_case_battery_ratio", {}, 0.97),
+            ("mogli_case_on_battery", {}, 0),
+            ("mogli_case_power_supply_online", {"supply": "AC"}, 1),
+            ("mogli_uplink_changes_total", {"family": "ipv4"}, 1 if lte else 0),
+            ("mogli_uplink_info", {"family": "ipv4", "interface": "lte0" if lte else "fibre0",
+                                   "gateway": "192.0.2.1", "uplink": "lte" if lte else "fibre"}, 1),
+        ]
+        return tuple(wire.Sample(name, tuple(sorted(lb.items())), v, now) for name, lb, v in values)
+
+    def _run(self) -> None:
+        start = time.time()
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            now = time.time()
+            body = wire.encode(wire.Report("marktplatz", "testfest", "feedfacecafebeef", n, start,
+                                           self._samples(n, now)))
+            status, raw = http_post(self.url, body, {
+                "Content-Type": wire.CONTENT_TYPE, "Content-Encoding": "gzip",
+                "Authorization": f"Bearer {self.token}", wire.SENT_AT_HEADER: f"{now:.3f}"})
+            if status != 200:
+                self.errors.append(f"{status} {raw[:200]!r}")
+            self._stop.wait(1.0)
+
+    def fail_over(self) -> None:
+        self.lte.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 INVENTORY = """\
 site: {id: testfest, title: "Testfest", lat: 49.4447, lon: 7.7690}
 nodes:
   stiftsplatz: {title: "Stiftsplatz", lat: 49.44432, lon: 7.76885, role: edge}
   rathaus: {title: "Rathaus", lat: 49.44353, lon: 7.77118, role: core}
   schillerplatz: {title: "Schillerplatz", lat: 49.44290, lon: 7.76790, role: edge}
+  marktplatz: {title: "Marktplatz", lat: 49.44400, lon: 7.76950, role: edge}
 cameras:
   cam-stiftsplatz-1: {node: stiftsplatz, title: "Stiftsplatz Nord", lat: 49.4445, lon: 7.7688}
   cam-rathaus-1: {node: rathaus, title: "Rathaus Eingang"}
@@ -354,6 +409,7 @@ def test_every_panel_query_runs_against_real_prometheus_with_real_agents(tmp_pat
     listener = Listener()
     closed_port = free_port()  # nothing listens: a failing probe and an alert
     prom = None
+    hardware: HardwareReporter | None = None
     try:
         cam_port = free_port()
         camera = Proc([SYSTEM_PYTHON, str(ROOT / "tests" / "camera.py"), "--port", str(cam_port), "--fps", "15"],
@@ -365,7 +421,8 @@ def test_every_panel_query_runs_against_real_prometheus_with_real_agents(tmp_pat
                           extra_args=["--web.enable-remote-write-receiver"])
         inv = tmp_path / "inventory.yml"
         inv.write_text(INVENTORY)
-        tokens = {"stiftsplatz": "tok-stifts", "rathaus": "tok-rathaus", "schillerplatz": "tok-schiller"}
+        tokens = {"stiftsplatz": "tok-stifts", "rathaus": "tok-rathaus", "schillerplatz": "tok-schiller",
+                  "marktplatz": "tok-markt"}
         ccfg = write_collector_config(tmp_path, col_port, tokens, inventory=str(inv), stale_after=10,
                                       remote_write={"url": f"{prom.url}/api/v1/write", "late_after": 20})
         common: dict[str, Any] = {
@@ -395,12 +452,18 @@ def test_every_panel_query_runs_against_real_prometheus_with_real_agents(tmp_pat
         for node, probes in agents.items():
             cfg = write_agent_config(tmp_path, node, tokens[node], col_port, probes)
             procs.append(start_agent(tmp_path, cfg, name=node))
+        hardware = HardwareReporter(col_port, tokens["marktplatz"])
         t0 = time.time()
 
         def alive() -> None:
             for p in procs:
                 if not p.alive():
                     pytest.fail(f"{p.args[0]} exited:\n{p.output()[-3000:]}")
+
+        # marktplatz fails over once Prometheus has seen its fibre uplink (a counter's first value is no increase)
+        wait_until(lambda: prom and prom.query('mogli_uplink_changes_total{node="marktplatz"} == 0'), 30,
+                   "marktplatz's uplink counter in Prometheus", interval=0.5)
+        hardware.fail_over()
 
         # the slow parts: a firing alert (hold 5 s, rules every 5 s) and a camera state from the RTSP probe
         def warmed_up() -> bool:
@@ -434,8 +497,8 @@ def test_every_panel_query_runs_against_real_prometheus_with_real_agents(tmp_pat
         res = prom.query(substitute(geo["targets"][0]["expr"], {"site": ".*"}))
         where = {(r["metric"]["kind"], r["metric"].get("camera") or r["metric"]["node"]):
                  (float(r["metric"]["lat"]), float(r["metric"]["lon"]), float(r["value"][1])) for r in res}
-        assert set(where) == {("node", "stiftsplatz"), ("node", "rathaus"), ("node", "schillerplatz"),
-                              ("camera", "cam-stiftsplatz-1"), ("camera", "cam-rathaus-1")}, where
+        nodes = {("node", n) for n in ("stiftsplatz", "rathaus", "schillerplatz", "marktplatz")}
+        assert set(where) == nodes | {("camera", "cam-stiftsplatz-1"), ("camera", "cam-rathaus-1")}, where
         assert where[("node", "schillerplatz")] == (49.4429, 7.7679, 2)  # never reported: critical (red)
         assert where[("node", "rathaus")][2] == 0  # healthy: green
         assert where[("camera", "cam-stiftsplatz-1")] == (49.4445, 7.7688, 0)  # plays: OK
@@ -447,7 +510,10 @@ def test_every_panel_query_runs_against_real_prometheus_with_real_agents(tmp_pat
             'mogli_rtsp_frames_per_second{probe="rtsp", target="$camera", site=~"$site"}',
             {"camera": "cam-stiftsplatz-1", "site": "testfest"}))
         assert float(fps["value"][1]) == pytest.approx(15, rel=0.2)
+        assert hardware.errors == []
     finally:
+        if hardware is not None:
+            hardware.stop()
         for p in reversed(procs):
             p.stop()
         if prom is not None:
