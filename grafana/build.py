@@ -381,11 +381,21 @@ def node_detail() -> Json:
         target(f"mogli_icmp_rtt_avg_seconds{{{N}}}", "{{target}} (last run)", "B"),
     ], "s", w=8)
     b.timeseries("Ping loss per target", [
-        target(f"mogli:icmp_loss_ratio:1m{{{N}}}", "{{target}}", "A"),
+        target(f"mogli:icmp_loss_ratio:1m{{{N}}}", "{{target}} (1 min)", "A"),
+        target(f"mogli_icmp_loss_ratio{{{N}}}", "{{target}} (last run)", "B"),
     ], "percentunit", w=8, min_=0, max_=1)
     b.timeseries("Ping jitter per target", [
         target(f"mogli_icmp_jitter_seconds{{{N}}}", "{{target}}", "A"),
     ], "s", w=8)
+    b.add("heatmap", "Ping RTT distribution", [
+        target(f"sum by (le) (increase(mogli_icmp_rtt_seconds_bucket{{{N}}}[$__rate_interval]))", "{{le}}", "A",
+               fmt="heatmap"),
+    ], "s", w=24, h=8, description="Round trips of all ping targets of the node per RTT bucket: a second band "
+                                   "appears when part of the traffic takes a slower path.",
+        options={"calculate": False, "yAxis": {"unit": "s"}, "cellGap": 1, "color": {"mode": "scheme",
+                 "scheme": "Oranges", "steps": 64, "exponent": 0.5, "fill": "dark-orange"},
+                 "tooltip": {"show": True, "yHistogram": True}, "legend": {"show": True},
+                 "rowsFrame": {"layout": "auto"}, "filterValues": {"le": 1e-9}})
     b.timeseries("Probe duration per target", [
         target(f'mogli_probe_duration_seconds{{{N}, probe!="icmp"}}', "{{probe}} {{target}}", "A"),
     ], "s", w=12, description="Wall time of the last tcp / http / rtsp run (connect + answer).")
