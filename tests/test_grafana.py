@@ -1,7 +1,8 @@
 """The Grafana dashboards: generated reproducibly, structurally sound, and every panel query answered by a real
 Prometheus fed by real agents and a real collector (Grafana itself is not installable on these machines).
 
-The real test runs three inventory nodes (two with agents, one that never reports), two inventory cameras (one
+The real test runs four inventory nodes (two with agents, one that never reports, one described below), two
+inventory cameras (one
 a GStreamer RTSP camera probed by an agent, one never measured), the shipped recording and alert rules, and
 a collector with the inventory and remote-write backfill. Then, for every dashboard, it substitutes every
 value of every template variable (as Grafana's label_values would list them, plus All) and runs every panel
