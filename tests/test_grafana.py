@@ -2,12 +2,11 @@
 Prometheus fed by real agents and a real collector (Grafana itself is not installable on these machines).
 
 The real test runs four inventory nodes (two with agents, one that never reports, one described below), two
-inventory cameras (one
-a GStreamer RTSP camera probed by an agent, one never measured), the shipped recording and alert rules, and
-a collector with the inventory and remote-write backfill. Then, for every dashboard, it substitutes every
-value of every template variable (as Grafana's label_values would list them, plus All) and runs every panel
-query: none may fail, and each one must return data for at least one variable value, except those listed in
-NEEDS_BRANCH (metrics built on other branches).
+inventory cameras (one a GStreamer RTSP camera probed by an agent, one never measured), the shipped recording
+and alert rules, and a collector with the inventory and remote-write backfill. Then, for every dashboard, it
+substitutes every value of every template variable (as Grafana's label_values would list them, plus All) and
+runs every panel query: none may fail, and each one must return data for at least one variable value, except
+those listed in NEEDS_BRANCH (metrics built on other branches).
 
 What a test machine lacks (a Wi-Fi card, a temperature sensor, a UPS, an uplink that fails over) comes from a
 fourth node, "marktplatz", whose reports this test posts itself in the agents' wire format (agent/wire.py) to
