@@ -9,7 +9,7 @@ APT_PACKAGES := python3-venv prometheus prometheus-alertmanager tshark ffmpeg nf
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly chromium
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench deps venv clean
+.PHONY: test demo lint bench dashboards deps venv clean
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -36,7 +36,7 @@ test: deps venv
 	$(BIN)/pytest -q -ra
 
 lint: venv
-	$(BIN)/ruff check agent collector tests demo bench
+	$(BIN)/ruff check agent collector tests demo bench grafana
 	$(BIN)/mypy
 
 demo: deps venv
@@ -44,6 +44,10 @@ demo: deps venv
 
 bench: deps venv
 	$(BIN)/python -m bench
+
+# Grafana dashboards: regenerate grafana/dashboards/*.json from grafana/build.py (standard library only).
+dashboards:
+	$(PYTHON) grafana/build.py
 
 clean:
 	rm -rf $(VENV) .demo .bench test-artifacts
