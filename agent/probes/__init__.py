@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.probes import tcp
+from agent.probes import icmp, tcp
 from agent.probes.base import ProbeResult
 
 
@@ -18,5 +18,6 @@ class ProbeKind:
 
 
 PROBES: dict[str, ProbeKind] = {
+    "icmp": ProbeKind(icmp.IcmpConfig, icmp.run, "ICMP echo rounds to an IP address or host name"),
     "tcp": ProbeKind(tcp.TcpConfig, tcp.run, "TCP connect (and TLS handshake) to HOST:PORT"),
 }

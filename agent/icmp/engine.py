@@ -1,0 +1,373 @@
+"""The ICMP engine: one socket per address family (and per DSCP/DF setting) for all targets.
+
+The fping/liboping design on asyncio:
+
+- Sockets are opened lazily, one per (family, kind, tos, don't-fragment) group, shared by
+  every round of every ICMP probe on the event loop. ``kind`` is ``dgram`` (unprivileged
+  "ping" sockets, allowed by ``net.ipv4.ping_group_range``) or ``raw`` (needs
+  CAP_NET_RAW). ``auto`` tries dgram first, then raw; ``MOGLI_ICMP_SOCKET=dgram|raw``
+  in the environment forces one for probes configured ``auto``.
+- Sends are scheduled on one heap and sent from one timer: every wakeup sends all
+  packets due within the next ``SLACK`` seconds, so 10,000 targets at 1 pps cost about
+  a hundred wakeups a second, not 10,000. The send time is taken right before sendto.
+- Replies are read by one ``loop.add_reader`` callback per socket that drains the
+  socket; the receive time is the kernel's (SO_TIMESTAMPNS). Replies are matched by
+  (address, sequence), plus the identifier and our payload token on raw sockets
+  (datagram sockets only ever see replies to their own identifier).
+- A probe awaits one future per round, not one per packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import heapq
+import itertools
+import os
+import random
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from agent.icmp import packet as pk
+
+SocketKind = Literal["auto", "dgram", "raw"]
+
+# Linux constants the socket module does not export on every Python version.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
+IP_PMTUDISC_DONT = 0
+IP_PMTUDISC_PROBE = 3  # set DF, ignore the path-MTU cache: what an MTU check wants
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
+SOL_RAW = 255
+ICMP_FILTER = 1
+ICMP6_FILTER = 1
+MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+
+SLACK = 0.002
+"""Packets due within this many seconds after a timer wakeup go out in that wakeup."""
+
+ENV_SOCKET = "MOGLI_ICMP_SOCKET"
+_TIMESPEC = struct.Struct("=qq")
+_ANCBUF = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(512)
+
+
+class IcmpPermissionError(PermissionError):
+    """Neither a datagram nor a raw ICMP socket may be opened."""
+
+
+@dataclass
+class Round:
+    """One round of ``count`` echo requests to one address; the engine fills it in."""
+
+    address: str
+    family: int
+    count: int
+    packet_interval: float
+    reply_timeout: float
+    size: int
+    group: _Group
+    start_seq: int
+    future: asyncio.Future[Round]
+    sent: int = 0
+    answered: int = 0
+    send_ns: list[int] = field(default_factory=list)
+    rtts: list[float | None] = field(default_factory=list)  # per packet, None: no (timely) reply
+    duplicates: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # ICMP error kind -> count
+    send_error: OSError | None = None
+    done: bool = False
+    next_due: float = 0.0
+    end_due: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return self.address.partition("%")[0]
+
+    @property
+    def received(self) -> int:
+        return sum(r is not None for r in self.rtts)
+
+    def valid_rtts(self) -> list[float]:
+        return [r for r in self.rtts if r is not None]
+
+
+class _Group:
+    """One socket: (family, kind, tos, df)."""
+
+    def __init__(self, engine: Engine, family: int, kind: str, tos: int, df: bool):
+        self.engine = engine
+        self.family = family
+        self.kind = kind
+        self.raw = kind == "raw"
+        self.sock = _open(family, kind, tos, df)
+        self.ident = self.sock.getsockname()[1] if not self.raw else engine.ident
+        self.pending: dict[tuple[str, int], tuple[Round, int]] = {}
+        engine.loop.add_reader(self.sock.fileno(), self._readable)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.engine.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+    def send(self, rnd: Round) -> None:
+        i = rnd.sent
+        seq = (rnd.start_seq + i) & 0xFFFF
+        data = self.engine.payload(rnd.size)
+        pkt = pk.build_echo(self.family, 0 if not self.raw else self.ident, seq, data)
+        self.pending[(rnd.key, seq)] = (rnd, i)
+        rnd.sent += 1
+        rnd.rtts.append(None)
+        t = time.time_ns()
+        rnd.send_ns.append(t)
+        try:
+            self.sock.sendto(pkt, (rnd.address, 0))
+        except OSError as e:  # counted as sent and lost; the error explains an all-lost round
+            rnd.send_error = e
+            if e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+                rnd.errors["unreachable"] = rnd.errors.get("unreachable", 0) + 1
+
+    def _readable(self) -> None:
+        sock, family, raw, engine = self.sock, self.family, self.raw, self.engine
+        pending = self.pending
+        for _ in range(10_000):  # drain, but never starve the loop forever
+            try:
+                data, anc, _, addr = sock.recvmsg(65_536, _ANCBUF)
+            except BlockingIOError:
+                break
+            except OSError:  # a pending socket error (an ICMP error on the socket): details follow in the errqueue
+                self._drain_errqueue()
+                continue
+            rx_ns = 0
+            for level, typ, cdata in anc:
+                if level == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS and len(cdata) >= _TIMESPEC.size:
+                    sec, nsec = _TIMESPEC.unpack_from(cdata)
+                    rx_ns = sec * 1_000_000_000 + nsec
+            if not rx_ns:
+                rx_ns = time.time_ns()
+            try:
+                ev = pk.parse(data, family, raw, addr[0])
+            except pk.Malformed:
+                engine.malformed += 1
+                continue
+            if ev is None:
+                continue
+            if raw and ev.ident != self.ident:
+                continue
+            if isinstance(ev, pk.EchoReply):
+                if not ev.data.startswith(engine.token[: min(len(ev.data), pk.TOKEN_LEN)]):
+                    continue
+                src = addr[0].partition("%")[0]
+                hit = pending.get((src, ev.seq))
+                if hit is None:
+                    continue
+                rnd, i = hit
+                if rnd.rtts[i] is not None:
+                    rnd.duplicates += 1
+                    continue
+                rtt = (rx_ns - rnd.send_ns[i]) / 1e9
+                if rtt < 0 or rtt > rnd.reply_timeout:
+                    continue  # late: counted as lost
+                rnd.rtts[i] = rtt
+                rnd.answered += 1
+                if rnd.answered == rnd.count:
+                    engine.finish(rnd)
+            else:
+                self._error(ev)
+        if not raw:
+            self._drain_errqueue()
+
+    def _error(self, ev: pk.IcmpError) -> None:
+        hit = self.pending.get((ev.dest, ev.seq))
+        if hit is None:
+            return
+        rnd, _ = hit
+        rnd.errors[ev.kind] = rnd.errors.get(ev.kind, 0) + 1
+
+    def _drain_errqueue(self) -> None:
+        level = socket.IPPROTO_IP if self.family == socket.AF_INET else socket.IPPROTO_IPV6
+        want = IP_RECVERR if self.family == socket.AF_INET else IPV6_RECVERR
+        for _ in range(10_000):
+            try:
+                data, anc, _, addr = self.sock.recvmsg(65_536, _ANCBUF, MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            for lvl, typ, cdata in anc:
+                if lvl == level and typ == want:
+                    try:
+                        ev = pk.parse_errqueue(data, self.family, cdata, str(addr[0]).partition("%")[0],
+                                               pk.offender_address(cdata))
+                    except pk.Malformed:
+                        self.engine.malformed += 1
+                        continue
+                    if ev is not None:
+                        self._error(ev)
+
+
+def _open(family: int, kind: str, tos: int, df: bool) -> socket.socket:
+    proto = socket.IPPROTO_ICMP if family == socket.AF_INET else socket.IPPROTO_ICMPV6
+    stype = socket.SOCK_DGRAM if kind == "dgram" else socket.SOCK_RAW
+    s = socket.socket(family, stype, proto)
+    try:
+        s.setblocking(False)
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        with contextlib.suppress(OSError):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        if family == socket.AF_INET:
+            if tos:
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+            s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE if df else IP_PMTUDISC_DONT)
+            if kind == "raw":
+                # pass only echo reply, destination unreachable, time exceeded (bit set = blocked)
+                allowed = (1 << pk.ICMP_ECHO_REPLY) | (1 << pk.ICMP_DEST_UNREACH) | (1 << pk.ICMP_TIME_EXCEEDED)
+                s.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", ~allowed & 0xFFFFFFFF))
+            else:
+                s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        else:
+            if tos:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IP_PMTUDISC_PROBE if df else IP_PMTUDISC_DONT)
+            if kind == "raw":
+                words = [0xFFFFFFFF] * 8
+                for t in (pk.ICMP6_ECHO_REPLY, pk.ICMP6_DEST_UNREACH, pk.ICMP6_PACKET_TOO_BIG, pk.ICMP6_TIME_EXCEEDED):
+                    words[t >> 5] &= ~(1 << (t & 31)) & 0xFFFFFFFF
+                s.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("=8I", *words))
+            else:
+                s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+class Engine:
+    """All ICMP rounds of one event loop. Get it with :func:`get_engine`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, rng: random.Random | None = None):
+        self.loop = loop
+        self.rng = rng or random.Random()
+        self.ident = self.rng.randrange(1, 0x10000)
+        self.token = self.rng.randbytes(pk.TOKEN_LEN)
+        self.groups: dict[tuple[int, str, int, bool], _Group] = {}
+        self.heap: list[tuple[float, int, Round]] = []
+        self._tie = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._payloads: dict[int, bytes] = {}
+        self.malformed = 0
+
+    def payload(self, size: int) -> bytes:
+        p = self._payloads.get(size)
+        if p is None:
+            p = self._payloads[size] = pk.payload(self.token, size)
+        return p
+
+    def group(self, family: int, kind: SocketKind, tos: int, df: bool) -> _Group:
+        if kind == "auto":
+            forced = os.environ.get(ENV_SOCKET, "auto")
+            kind = forced if forced in ("dgram", "raw") else "auto"  # type: ignore[assignment]
+        kinds = ["dgram", "raw"] if kind == "auto" else [kind]
+        for k in kinds:
+            g = self.groups.get((family, k, tos, df))
+            if g is not None:
+                return g
+        errors = []
+        for k in kinds:
+            try:
+                g = _Group(self, family, k, tos, df)
+            except PermissionError as e:
+                errors.append(f"{k}: {e.strerror}")
+                continue
+            self.groups[(family, k, tos, df)] = g
+            return g
+        fam = "IPv4" if family == socket.AF_INET else "IPv6"
+        raise IcmpPermissionError(
+            errno.EPERM,
+            f"cannot open an {fam} ICMP socket ({'; '.join(errors)}): allow the agent's group in "
+            "net.ipv4.ping_group_range or give it CAP_NET_RAW",
+        )
+
+    def start(
+        self, address: str, family: int, *, count: int, packet_interval: float, reply_timeout: float,
+        size: int = 56, tos: int = 0, df: bool = False, kind: SocketKind = "auto",
+    ) -> Round:
+        """Schedule a round; await ``round.future``. Cancel with :meth:`cancel`."""
+        g = self.group(family, kind, tos, df)
+        rnd = Round(address, family, count, packet_interval, reply_timeout, size, g,
+                    self.rng.randrange(0x10000), self.loop.create_future())
+        rnd.next_due = self.loop.time()
+        self._push(rnd.next_due, rnd)
+        return rnd
+
+    def cancel(self, rnd: Round) -> None:
+        if not rnd.done:
+            self.finish(rnd)
+
+    def finish(self, rnd: Round) -> None:
+        rnd.done = True
+        pending = rnd.group.pending
+        for i in range(rnd.sent):
+            pending.pop((rnd.key, (rnd.start_seq + i) & 0xFFFF), None)
+        if not rnd.future.done():
+            rnd.future.set_result(rnd)
+
+    def _push(self, due: float, rnd: Round) -> None:
+        heapq.heappush(self.heap, (due, next(self._tie), rnd))
+        if due < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = due
+            self._timer = self.loop.call_at(due, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        heap = self.heap
+        horizon = self.loop.time() + SLACK
+        while heap and heap[0][0] <= horizon:
+            due, _, rnd = heapq.heappop(heap)
+            if rnd.done:
+                continue
+            if rnd.sent < rnd.count:
+                rnd.group.send(rnd)
+                if rnd.sent < rnd.count:
+                    rnd.next_due = due + rnd.packet_interval
+                    heapq.heappush(heap, (rnd.next_due, next(self._tie), rnd))
+                else:
+                    rnd.end_due = due + rnd.reply_timeout
+                    heapq.heappush(heap, (rnd.end_due, next(self._tie), rnd))
+            else:
+                self.finish(rnd)
+        if heap:
+            self._timer_at = heap[0][0]
+            self._timer = self.loop.call_at(self._timer_at, self._tick)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for g in self.groups.values():
+            g.close()
+        self.groups.clear()
+
+
+_ENGINES: dict[int, Engine] = {}  # id(loop) -> engine; entries of closed loops are closed and dropped
+
+
+def get_engine() -> Engine:
+    """The running loop's engine (created on first use, shared by every ICMP probe on the loop)."""
+    loop = asyncio.get_running_loop()
+    for key, old in list(_ENGINES.items()):
+        if old.loop.is_closed():
+            old.close()
+            del _ENGINES[key]
+    eng = _ENGINES.get(id(loop))
+    if eng is None or eng.loop is not loop:
+        eng = _ENGINES[id(loop)] = Engine(loop)
+    return eng
