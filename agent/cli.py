@@ -17,6 +17,8 @@ from agent.confload import ConfigErrors, load_text
 from agent.probes import PROBES
 
 EXIT_CONFIG = 2
+ICMP_JSON_FIELDS = ("target", "sent", "received", "loss_ratio", "rtt_min_s", "rtt_avg_s", "rtt_max_s",
+                    "rtt_stddev_s", "jitter_s")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,8 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--once", action="store_true", help="one round of every configured probe")
     pr.add_argument("--json", action="store_true", help="machine-readable output")
     pr.add_argument("kind", nargs="?", choices=sorted(PROBES), help="ad hoc probe kind")
-    pr.add_argument("target", nargs="?", help="ad hoc target (tcp: HOST:PORT)")
-    pr.add_argument("--timeout", type=float, default=3.0)
+    pr.add_argument("target", nargs="?", help="ad hoc target (tcp: HOST:PORT; icmp: address or host name)")
+    pr.add_argument("--timeout", type=float, default=None,
+                    help="seconds (tcp: the whole probe, default 3; icmp: wait for each reply, default 2)")
+    pr.add_argument("--count", type=int, default=5, help="icmp: echo requests to send (default 5)")
+    pr.add_argument("--interval", type=float, default=1.0, help="icmp: seconds between requests (default 1)")
     return p
 
 
@@ -113,8 +118,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
         jobs = probe_list(cfg)
     elif args.kind and args.target:
         pk = PROBES[args.kind]
+        adhoc: dict[str, Any] = {"target": args.target, "timeout": 3.0 if args.timeout is None else args.timeout}
+        if args.kind == "icmp":
+            reply_timeout = 2.0 if args.timeout is None else args.timeout
+            adhoc.update(count=args.count, packet_interval=args.interval, reply_timeout=reply_timeout,
+                         timeout=max(0.01, (args.count - 1) * args.interval + reply_timeout + 1.0))
         try:
-            pcfg = load_text(json.dumps({"target": args.target, "timeout": args.timeout}), pk.config, "<command line>")
+            pcfg = load_text(json.dumps(adhoc), pk.config, "<command line>")
         except ConfigErrors as e:
             return _config_errors(e)
         jobs = [(args.kind, pcfg)]
@@ -126,7 +136,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
         return list(await asyncio.gather(*(run_probe(k, p) for k, p in jobs)))
 
     outcomes = asyncio.run(main())
-    if args.json:
+    if args.json and args.kind == "icmp" and not args.config:
+        o = outcomes[0]
+        print(json.dumps({k: o.detail.get(k) for k in ICMP_JSON_FIELDS} | {"target": o.target}, indent=2))
+        if not o.ok:
+            print(f"mogli-agent probe: icmp {o.target}: {o.reason}: {o.detail.get('error', '')}", file=sys.stderr)
+    elif args.json:
         print(json.dumps({"results": [
             {"kind": o.kind, "target": o.target, "success": o.ok, "reason": o.reason,
              "duration_s": round(o.duration, 6), **o.detail} for o in outcomes]}, indent=2))

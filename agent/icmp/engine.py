@@ -81,6 +81,7 @@ class Round:
     duplicates: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # ICMP error kind -> count
     send_error: OSError | None = None
+    mtu: int = 0  # next-hop MTU from a "fragmentation needed" / "packet too big" error
     done: bool = False
     next_due: float = 0.0
     end_due: float = 0.0
@@ -188,6 +189,8 @@ class _Group:
             return
         rnd, _ = hit
         rnd.errors[ev.kind] = rnd.errors.get(ev.kind, 0) + 1
+        if ev.mtu:
+            rnd.mtu = ev.mtu
 
     def _drain_errqueue(self) -> None:
         level = socket.IPPROTO_IP if self.family == socket.AF_INET else socket.IPPROTO_IPV6
@@ -256,7 +259,8 @@ class Engine:
         self.ident = self.rng.randrange(1, 0x10000)
         self.token = self.rng.randbytes(pk.TOKEN_LEN)
         self.groups: dict[tuple[int, str, int, bool], _Group] = {}
-        self.heap: list[tuple[float, int, Round]] = []
+        self.sends: list[tuple[float, int, Round]] = []  # (due, tie, round): next packet of a round
+        self.ends: list[tuple[float, int, Round]] = []  # (due, tie, round): when an incomplete round gives up
         self._tie = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -319,7 +323,10 @@ class Engine:
             rnd.future.set_result(rnd)
 
     def _push(self, due: float, rnd: Round) -> None:
-        heapq.heappush(self.heap, (due, next(self._tie), rnd))
+        heapq.heappush(self.sends, (due, next(self._tie), rnd))
+        self._arm(due)
+
+    def _arm(self, due: float) -> None:
         if due < self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
@@ -329,25 +336,27 @@ class Engine:
     def _tick(self) -> None:
         self._timer = None
         self._timer_at = float("inf")
-        heap = self.heap
-        horizon = self.loop.time() + SLACK
-        while heap and heap[0][0] <= horizon:
-            due, _, rnd = heapq.heappop(heap)
+        sends, ends, tie = self.sends, self.ends, self._tie
+        now = self.loop.time()
+        horizon = now + SLACK  # sends a little early batch up; round ends never come early
+        while sends and sends[0][0] <= horizon:
+            due, _, rnd = heapq.heappop(sends)
             if rnd.done:
                 continue
+            rnd.group.send(rnd)
             if rnd.sent < rnd.count:
-                rnd.group.send(rnd)
-                if rnd.sent < rnd.count:
-                    rnd.next_due = due + rnd.packet_interval
-                    heapq.heappush(heap, (rnd.next_due, next(self._tie), rnd))
-                else:
-                    rnd.end_due = due + rnd.reply_timeout
-                    heapq.heappush(heap, (rnd.end_due, next(self._tie), rnd))
+                rnd.next_due = due + rnd.packet_interval
+                heapq.heappush(sends, (rnd.next_due, next(tie), rnd))
             else:
+                rnd.end_due = max(due, now) + rnd.reply_timeout
+                heapq.heappush(ends, (rnd.end_due, next(tie), rnd))
+        while ends and ends[0][0] <= now:
+            _, _, rnd = heapq.heappop(ends)
+            if not rnd.done:
                 self.finish(rnd)
-        if heap:
-            self._timer_at = heap[0][0]
-            self._timer = self.loop.call_at(self._timer_at, self._tick)
+        nxt = min(sends[0][0] if sends else float("inf"), ends[0][0] if ends else float("inf"))
+        if nxt != float("inf"):
+            self._arm(nxt)
 
     def close(self) -> None:
         if self._timer is not None:

@@ -114,19 +114,20 @@ def _ipv4_header(data: bytes) -> tuple[int, int, int, str, str]:
         socket.inet_ntop(socket.AF_INET, data[16:20])
 
 
-def _quoted_request(family: int, quoted: bytes) -> tuple[int, int, str]:
-    """(ident, seq, destination) of our echo request quoted inside an ICMP error."""
+def _quoted_request(family: int, quoted: bytes) -> tuple[int, int, str] | None:
+    """(ident, seq, destination) of the echo request quoted inside an ICMP error;
+    None when the error is about some other packet (not an echo request)."""
     if family == socket.AF_INET:
         ihl, proto, _, _, dst = _ipv4_header(quoted)
         if proto != socket.IPPROTO_ICMP:
-            raise Malformed(f"quoted packet is not ICMP (protocol {proto})")
+            return None
         inner = quoted[ihl:]
         want = ICMP_ECHO_REQUEST
     else:
         if len(quoted) < 40 or quoted[0] >> 4 != 6:
             raise Malformed("quoted IPv6 header truncated or not IPv6")
         if quoted[6] != socket.IPPROTO_ICMPV6:
-            raise Malformed(f"quoted packet is not ICMPv6 (next header {quoted[6]})")
+            return None
         dst = socket.inet_ntop(socket.AF_INET6, quoted[24:40])
         inner = quoted[40:]
         want = ICMP6_ECHO_REQUEST
@@ -134,7 +135,7 @@ def _quoted_request(family: int, quoted: bytes) -> tuple[int, int, str]:
         raise Malformed("quoted ICMP header truncated")
     typ, _, _, ident, seq = _HDR.unpack_from(inner)
     if typ != want:
-        raise Malformed(f"quoted ICMP message is not an echo request (type {typ})")
+        return None
     return ident, seq, dst
 
 
@@ -175,8 +176,10 @@ def parse(data: bytes, family: int, raw: bool, source: str = "") -> EchoReply | 
         if kind is None:
             return None
         mtu = struct.unpack_from("!I", data, 4)[0] if typ == ICMP6_PACKET_TOO_BIG else 0
-    qident, qseq, dest = _quoted_request(family, data[8:])
-    return IcmpError(kind, typ, code, qident, qseq, dest, source, mtu)
+    quoted = _quoted_request(family, data[8:])
+    if quoted is None:
+        return None
+    return IcmpError(kind, typ, code, *quoted, source, mtu)
 
 
 def parse_errqueue(data: bytes, family: int, ext_err: bytes, dest: str, offender: str = "") -> IcmpError | None:

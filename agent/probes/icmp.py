@@ -9,6 +9,7 @@ back); its sent/received totals are recorded all the same. See docs/probes/icmp.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import itertools
 import math
@@ -18,7 +19,13 @@ from typing import Literal
 
 from agent.confload import check
 from agent.icmp.engine import Round, SocketKind, get_engine
-from agent.probes.base import Permission, ProbeResult, ResolveError, Timeout, Unreachable
+from agent.probes.base import Permission, ProbeError, ProbeResult, ResolveError, Timeout, Unreachable
+
+
+class MtuExceeded(ProbeError):
+    """Don't-fragment packets larger than the path (or interface) MTU."""
+
+    reason = "mtu"
 
 
 def _host(v: str) -> str | None:
@@ -148,6 +155,9 @@ async def run(cfg: IcmpConfig, result: ProbeResult) -> None:
         engine.cancel(rnd)
         st = _record(cfg, rnd, result)
     if st.received == 0:
+        if rnd.mtu or (rnd.send_error is not None and rnd.send_error.errno == errno.EMSGSIZE):
+            mtu = f" (path MTU {rnd.mtu})" if rnd.mtu else ""
+            raise MtuExceeded(f"{cfg.size}-byte payload with don't-fragment does not fit{mtu}")
         if rnd.errors:
             raise Unreachable(f"no reply from {addr}; ICMP errors: " +
                               ", ".join(f"{k} x{n}" for k, n in sorted(rnd.errors.items())))
