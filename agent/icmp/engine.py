@@ -52,6 +52,9 @@ MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
 SLACK = 0.002
 """Packets due within this many seconds after a timer wakeup go out in that wakeup."""
 
+DUPLICATE_WAIT = 0.05
+"""After the last reply of a round, duplicates are still counted for this long."""
+
 ENV_SOCKET = "MOGLI_ICMP_SOCKET"
 _TIMESPEC = struct.Struct("=qq")
 _ANCBUF = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(512)
@@ -84,7 +87,7 @@ class Round:
     mtu: int = 0  # next-hop MTU from a "fragmentation needed" / "packet too big" error
     done: bool = False
     next_due: float = 0.0
-    end_due: float = 0.0
+    end_due: float = float("inf")
 
     @property
     def key(self) -> str:
@@ -177,7 +180,7 @@ class _Group:
                 rnd.rtts[i] = rtt
                 rnd.answered += 1
                 if rnd.answered == rnd.count:
-                    engine.finish(rnd)
+                    engine.settle(rnd)
             else:
                 self._error(ev)
         if not raw:
@@ -313,6 +316,14 @@ class Engine:
     def cancel(self, rnd: Round) -> None:
         if not rnd.done:
             self.finish(rnd)
+
+    def settle(self, rnd: Round) -> None:
+        """Every request is answered: end the round after a short wait for duplicates."""
+        due = self.loop.time() + min(rnd.reply_timeout, DUPLICATE_WAIT)
+        if due < rnd.end_due:
+            rnd.end_due = due
+            heapq.heappush(self.ends, (due, next(self._tie), rnd))
+            self._arm(due)
 
     def finish(self, rnd: Round) -> None:
         rnd.done = True
