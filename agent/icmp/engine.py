@@ -9,11 +9,12 @@ The fping/liboping design on asyncio:
   in the environment forces one for probes configured ``auto``.
 - Sends are scheduled on one heap and sent from one timer: every wakeup sends all
   packets due within the next ``SLACK`` seconds, so 10,000 targets at 1 pps cost about
-  a hundred wakeups a second, not 10,000. The send time is taken right before sendto.
-- Replies are read by one ``loop.add_reader`` callback per socket that drains the
-  socket; the receive time is the kernel's (SO_TIMESTAMPNS). Replies are matched by
-  (address, sequence), plus the identifier and our payload token on raw sockets
-  (datagram sockets only ever see replies to their own identifier).
+  fifty wakeups a second, not 20,000. The send time is taken right before sendto.
+- Replies are read in the same wakeups (no reader callback, which would wake the loop
+  for every reply): each socket is drained. Their receive time is the kernel's
+  (SO_TIMESTAMPNS), so reading them a few milliseconds later costs no accuracy.
+  Replies are matched by (address, sequence), plus the identifier and our payload token
+  on raw sockets (datagram sockets only ever see replies to their own identifier).
 - A probe awaits one future per round, not one per packet.
 """
 
@@ -49,8 +50,13 @@ ICMP_FILTER = 1
 ICMP6_FILTER = 1
 MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
 
-SLACK = 0.002
-"""Packets due within this many seconds after a timer wakeup go out in that wakeup."""
+SLACK = 0.02
+"""The engine's one timer fires at most every this many seconds while rounds are active: it sends
+every packet due before the next wakeup (at most one per round), then reads every socket. Replies
+carry the kernel's receive timestamp, so reading them up to SLACK late costs no accuracy, and 10,000
+targets at 1 pps cost ~50 wakeups a second, not 20,000."""
+FAST_SLACK = 0.001
+"""The tick while some round spaces its packets closer than 2 * SLACK (tests, ad hoc checks)."""
 
 DUPLICATE_WAIT = 0.05
 """After the last reply of a round, duplicates are still counted for this long."""
@@ -112,18 +118,15 @@ class _Group:
         self.sock = _open(family, kind, tos, df)
         self.ident = self.sock.getsockname()[1] if not self.raw else engine.ident
         self.pending: dict[tuple[str, int], tuple[Round, int]] = {}
-        engine.loop.add_reader(self.sock.fileno(), self._readable)
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.engine.loop.remove_reader(self.sock.fileno())
         self.sock.close()
 
     def send(self, rnd: Round) -> None:
         i = rnd.sent
         seq = (rnd.start_seq + i) & 0xFFFF
-        data = self.engine.payload(rnd.size)
-        pkt = pk.build_echo(self.family, 0 if not self.raw else self.ident, seq, data)
+        data, data_sum = self.engine.payload(rnd.size)
+        pkt = pk.build_echo(self.family, self.ident if self.raw else 0, seq, data, data_sum)
         self.pending[(rnd.key, seq)] = (rnd, i)
         rnd.sent += 1
         rnd.rtts.append(None)
@@ -136,7 +139,8 @@ class _Group:
             if e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
                 rnd.errors["unreachable"] = rnd.errors.get("unreachable", 0) + 1
 
-    def _readable(self) -> None:
+    def drain(self) -> None:
+        """Read every queued reply (and, for datagram sockets, every queued error)."""
         sock, family, raw, engine = self.sock, self.family, self.raw, self.engine
         pending = self.pending
         for _ in range(10_000):  # drain, but never starve the loop forever
@@ -267,13 +271,16 @@ class Engine:
         self._tie = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
-        self._payloads: dict[int, bytes] = {}
+        self._payloads: dict[int, tuple[bytes, int]] = {}
         self.malformed = 0
+        self._active = 0  # rounds not finished
+        self._fast = 0  # of those, rounds with packets closer than 2 * SLACK: tick at FAST_SLACK then
 
-    def payload(self, size: int) -> bytes:
+    def payload(self, size: int) -> tuple[bytes, int]:
         p = self._payloads.get(size)
         if p is None:
-            p = self._payloads[size] = pk.payload(self.token, size)
+            data = pk.payload(self.token, size)
+            p = self._payloads[size] = (data, pk.word_sum(data))
         return p
 
     def group(self, family: int, kind: SocketKind, tos: int, df: bool) -> _Group:
@@ -310,6 +317,9 @@ class Engine:
         rnd = Round(address, family, count, packet_interval, reply_timeout, size, g,
                     self.rng.randrange(0x10000), self.loop.create_future())
         rnd.next_due = self.loop.time()
+        self._active += 1
+        if packet_interval < 2 * SLACK:
+            self._fast += 1
         self._push(rnd.next_due, rnd)
         return rnd
 
@@ -327,6 +337,9 @@ class Engine:
 
     def finish(self, rnd: Round) -> None:
         rnd.done = True
+        self._active -= 1
+        if rnd.packet_interval < 2 * SLACK:
+            self._fast -= 1
         pending = rnd.group.pending
         for i in range(rnd.sent):
             pending.pop((rnd.key, (rnd.start_seq + i) & 0xFFFF), None)
@@ -337,8 +350,12 @@ class Engine:
         heapq.heappush(self.sends, (due, next(self._tie), rnd))
         self._arm(due)
 
+    def _slack(self) -> float:
+        return FAST_SLACK if self._fast else SLACK
+
     def _arm(self, due: float) -> None:
-        if due < self._timer_at:
+        # a timer already due within the slack after ``due`` will do: fewer timer handles
+        if due < self._timer_at - self._slack():
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = due
@@ -349,7 +366,9 @@ class Engine:
         self._timer_at = float("inf")
         sends, ends, tie = self.sends, self.ends, self._tie
         now = self.loop.time()
-        horizon = now + SLACK  # sends a little early batch up; round ends never come early
+        slack = self._slack()
+        horizon = now + slack  # sends a little early batch up; round ends never come early
+        later: list[Round] = []
         while sends and sends[0][0] <= horizon:
             due, _, rnd = heapq.heappop(sends)
             if rnd.done:
@@ -357,17 +376,21 @@ class Engine:
             rnd.group.send(rnd)
             if rnd.sent < rnd.count:
                 rnd.next_due = due + rnd.packet_interval
-                heapq.heappush(sends, (rnd.next_due, next(tie), rnd))
+                later.append(rnd)  # its next packet goes in a later wakeup, never two in one burst
             else:
                 rnd.end_due = max(due, now) + rnd.reply_timeout
                 heapq.heappush(ends, (rnd.end_due, next(tie), rnd))
+        for rnd in later:
+            heapq.heappush(sends, (rnd.next_due, next(tie), rnd))
+        for g in self.groups.values():
+            g.drain()
         while ends and ends[0][0] <= now:
             _, _, rnd = heapq.heappop(ends)
             if not rnd.done:
                 self.finish(rnd)
-        nxt = min(sends[0][0] if sends else float("inf"), ends[0][0] if ends else float("inf"))
-        if nxt != float("inf"):
-            self._arm(nxt)
+        if self._active:  # replies are read when the timer fires: poll while rounds wait
+            self._arm(min(sends[0][0] if sends else now + slack, ends[0][0] if ends else now + slack,
+                          now + slack))
 
     def close(self) -> None:
         if self._timer is not None:

@@ -49,14 +49,22 @@ _HDR = struct.Struct("!BBHHH")  # type, code, checksum, identifier, sequence
 _EXT_ERR = struct.Struct("=IBBBBII")  # ee_errno, ee_origin, ee_type, ee_code, ee_pad, ee_info, ee_data
 
 
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071) of ``data``."""
+def word_sum(data: bytes) -> int:
+    """The ones'-complement sum of ``data`` as big-endian 16-bit words, folded to 16 bits.
+
+    2**16 = 1 (mod 0xFFFF), so the number the bytes spell, modulo 0xFFFF, is that sum
+    (with 0xFFFF, not 0, for a non-zero multiple): one big-integer operation in C.
+    """
     if len(data) % 2:
         data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return int(~s & 0xFFFF)
+    n = int.from_bytes(data, "big")
+    r = n % 0xFFFF
+    return 0xFFFF if r == 0 and n else r
+
+
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ``data``."""
+    return ~word_sum(data) & 0xFFFF
 
 
 def payload(token: bytes, size: int) -> bytes:
@@ -65,14 +73,20 @@ def payload(token: bytes, size: int) -> bytes:
     return (token + pad)[:size]
 
 
-def build_echo(family: int, ident: int, seq: int, data: bytes) -> bytes:
+def build_echo(family: int, ident: int, seq: int, data: bytes, data_sum: int | None = None) -> bytes:
     """An echo request. IPv4 carries its checksum; for ICMPv6 the kernel fills it in
-    (it needs the pseudo header), so it is left 0."""
+    (it needs the pseudo header), so it is left 0. ``data_sum`` is ``word_sum(data)`` when
+    the caller has it (the engine sends the same payload many times)."""
+    ident &= 0xFFFF
+    seq &= 0xFFFF
     if family == socket.AF_INET6:
-        return _HDR.pack(ICMP6_ECHO_REQUEST, 0, 0, ident & 0xFFFF, seq & 0xFFFF) + data
-    head = _HDR.pack(ICMP_ECHO_REQUEST, 0, 0, ident & 0xFFFF, seq & 0xFFFF)
-    csum = checksum(head + data)
-    return head[:2] + struct.pack("!H", csum) + head[4:] + data
+        return _HDR.pack(ICMP6_ECHO_REQUEST, 0, 0, ident, seq) + data
+    if data_sum is None:
+        data_sum = word_sum(data)  # the 8-byte header keeps the payload's words aligned
+    s = (ICMP_ECHO_REQUEST << 8) + ident + seq + data_sum
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return _HDR.pack(ICMP_ECHO_REQUEST, 0, ~s & 0xFFFF, ident, seq) + data
 
 
 @dataclass(frozen=True)
@@ -101,8 +115,8 @@ class Malformed(ValueError):
     """Bytes that cannot be an ICMP message of the expected kind."""
 
 
-def _ipv4_header(data: bytes) -> tuple[int, int, int, str, str]:
-    """(header length, protocol, ttl, src, dst) of an IPv4 header at the start of ``data``."""
+def _ipv4_header(data: bytes) -> tuple[int, int, int]:
+    """(header length, protocol, ttl) of an IPv4 header at the start of ``data``."""
     if len(data) < 20:
         raise Malformed(f"IPv4 header truncated ({len(data)} bytes)")
     if data[0] >> 4 != 4:
@@ -110,17 +124,17 @@ def _ipv4_header(data: bytes) -> tuple[int, int, int, str, str]:
     ihl = (data[0] & 0x0F) * 4
     if ihl < 20 or len(data) < ihl:
         raise Malformed(f"bad IPv4 header length {ihl}")
-    return ihl, data[9], data[8], socket.inet_ntop(socket.AF_INET, data[12:16]), \
-        socket.inet_ntop(socket.AF_INET, data[16:20])
+    return ihl, data[9], data[8]
 
 
 def _quoted_request(family: int, quoted: bytes) -> tuple[int, int, str] | None:
     """(ident, seq, destination) of the echo request quoted inside an ICMP error;
     None when the error is about some other packet (not an echo request)."""
     if family == socket.AF_INET:
-        ihl, proto, _, _, dst = _ipv4_header(quoted)
+        ihl, proto, _ = _ipv4_header(quoted)
         if proto != socket.IPPROTO_ICMP:
             return None
+        dst = socket.inet_ntop(socket.AF_INET, quoted[16:20])
         inner = quoted[ihl:]
         want = ICMP_ECHO_REQUEST
     else:
@@ -153,7 +167,7 @@ def parse(data: bytes, family: int, raw: bool, source: str = "") -> EchoReply | 
     """
     ttl: int | None = None
     if family == socket.AF_INET and raw:
-        ihl, proto, ttl, _, _ = _ipv4_header(data)
+        ihl, proto, ttl = _ipv4_header(data)
         if proto != socket.IPPROTO_ICMP:
             raise Malformed(f"not ICMP (protocol {proto})")
         data = data[ihl:]
