@@ -79,8 +79,11 @@ def record(
         rec.gauge(name, _labels(name, base, extra), v, ts)
     for name, extra, v in result.counters:
         rec.inc(name, _labels(name, base, extra), v, ts)
-    for name, extra, v in result.observations:
-        rec.observe(name, _labels(name, base, extra), v, ts)
+    observed: dict[tuple[str, Labels], list[float]] = {}
+    for name, extra, v in result.observations:  # one histogram sample per series and run
+        observed.setdefault((name, extra), []).append(v)
+    for (name, extra), values in observed.items():
+        rec.observe_many(name, _labels(name, base, extra), values, ts)
 
 
 def _labels(name: str, base: Labels, extra: Labels) -> Labels:
