@@ -94,10 +94,9 @@ class Round:
     done: bool = False
     next_due: float = 0.0
     end_due: float = float("inf")
-
-    @property
-    def key(self) -> str:
-        return self.address.partition("%")[0]
+    key: str = ""  # the address as replies name it (no %scope)
+    data: bytes = b""  # the payload
+    data_sum: int = 0  # its ones'-complement word sum (for the IPv4 checksum)
 
     @property
     def received(self) -> int:
@@ -125,13 +124,11 @@ class _Group:
     def send(self, rnd: Round) -> None:
         i = rnd.sent
         seq = (rnd.start_seq + i) & 0xFFFF
-        data, data_sum = self.engine.payload(rnd.size)
-        pkt = pk.build_echo(self.family, self.ident if self.raw else 0, seq, data, data_sum)
+        pkt = pk.build_echo(self.family, self.ident if self.raw else 0, seq, rnd.data, rnd.data_sum)
         self.pending[(rnd.key, seq)] = (rnd, i)
-        rnd.sent += 1
+        rnd.sent = i + 1
         rnd.rtts.append(None)
-        t = time.time_ns()
-        rnd.send_ns.append(t)
+        rnd.send_ns.append(time.time_ns())
         try:
             self.sock.sendto(pkt, (rnd.address, 0))
         except OSError as e:  # counted as sent and lost; the error explains an all-lost round
@@ -142,10 +139,11 @@ class _Group:
     def drain(self) -> None:
         """Read every queued reply (and, for datagram sockets, every queued error)."""
         sock, family, raw, engine = self.sock, self.family, self.raw, self.engine
-        pending = self.pending
+        pending, token, bufsize = self.pending, engine.token, engine.bufsize
+        v6 = family == socket.AF_INET6
         for _ in range(10_000):  # drain, but never starve the loop forever
             try:
-                data, anc, _, addr = sock.recvmsg(65_536, _ANCBUF)
+                data, anc, _, addr = sock.recvmsg(bufsize, _ANCBUF)
             except BlockingIOError:
                 break
             except OSError:  # a pending socket error (an ICMP error on the socket): details follow in the errqueue
@@ -168,10 +166,10 @@ class _Group:
             if raw and ev.ident != self.ident:
                 continue
             if isinstance(ev, pk.EchoReply):
-                if not ev.data.startswith(engine.token[: min(len(ev.data), pk.TOKEN_LEN)]):
+                payload = ev.data
+                if not (payload.startswith(token) or token.startswith(payload)):
                     continue
-                src = addr[0].partition("%")[0]
-                hit = pending.get((src, ev.seq))
+                hit = pending.get((addr[0].partition("%")[0] if v6 else addr[0], ev.seq))
                 if hit is None:
                     continue
                 rnd, i = hit
@@ -204,7 +202,7 @@ class _Group:
         want = IP_RECVERR if self.family == socket.AF_INET else IPV6_RECVERR
         for _ in range(10_000):
             try:
-                data, anc, _, addr = self.sock.recvmsg(65_536, _ANCBUF, MSG_ERRQUEUE)
+                data, anc, _, addr = self.sock.recvmsg(self.engine.bufsize, _ANCBUF, MSG_ERRQUEUE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -273,6 +271,7 @@ class Engine:
         self._timer_at = float("inf")
         self._payloads: dict[int, tuple[bytes, int]] = {}
         self.malformed = 0
+        self.bufsize = 2048  # recvmsg buffer: the largest payload in use plus headers
         self._active = 0  # rounds not finished
         self._fast = 0  # of those, rounds with packets closer than 2 * SLACK: tick at FAST_SLACK then
 
@@ -316,6 +315,9 @@ class Engine:
         g = self.group(family, kind, tos, df)
         rnd = Round(address, family, count, packet_interval, reply_timeout, size, g,
                     self.rng.randrange(0x10000), self.loop.create_future())
+        rnd.key = address.partition("%")[0]
+        rnd.data, rnd.data_sum = self.payload(size)
+        self.bufsize = max(self.bufsize, size + 256)  # + IP header (raw IPv4) + ICMP header, with room
         rnd.next_due = self.loop.time()
         self._active += 1
         if packet_interval < 2 * SLACK:

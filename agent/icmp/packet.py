@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 ICMP_ECHO_REPLY = 0
 ICMP_DEST_UNREACH = 3
@@ -89,16 +89,14 @@ def build_echo(family: int, ident: int, seq: int, data: bytes, data_sum: int | N
     return _HDR.pack(ICMP_ECHO_REQUEST, 0, ~s & 0xFFFF, ident, seq) + data
 
 
-@dataclass(frozen=True)
-class EchoReply:
+class EchoReply(NamedTuple):  # NamedTuple, not a dataclass: built once per reply, so it must be cheap
     ident: int
     seq: int
     data: bytes  # the payload (our token first, if it is ours)
     ttl: int | None = None  # IPv4 raw only: hop limit left in the reply's IP header
 
 
-@dataclass(frozen=True)
-class IcmpError:
+class IcmpError(NamedTuple):
     """An ICMP error quoting one of our echo requests."""
 
     kind: str  # "unreachable", "time_exceeded", "packet_too_big"
