@@ -26,7 +26,7 @@ from typing import Any
 
 from agent.probes.icmp import IcmpConfig
 from agent.recorder import Recorder
-from agent.runner import run_probe, spread_offset, target_label
+from agent.runner import on_grid, run_probe, spread_offset, target_label
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,7 @@ async def child(n: int, ramp: float, window: float) -> dict[str, float]:
             now = loop.time()
             if due < now:
                 due = now + cfg.interval - (now - due) % cfg.interval
-            await asyncio.sleep(due - now)
+            await asyncio.sleep(on_grid(due, cfg.interval) - now)
 
     async def drain() -> None:  # the agent cuts a batch every 5 s; keep memory flat the same way
         while True:

@@ -13,9 +13,22 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from helpers import BIN, need, need_root
+from helpers import (
+    BIN,
+    free_port,
+    need,
+    need_root,
+    sample_value,
+    scrape,
+    start_agent,
+    start_collector,
+    wait_until,
+    write_agent_config,
+    write_collector_config,
+)
 from netns import inside, netns, unique
 
 from agent.icmp.engine import ENV_SOCKET, get_engine
@@ -170,3 +183,38 @@ def test_cli_bad_count_is_a_config_error() -> None:
     assert r.returncode == 2
     assert "<command line>:1: count: must be >= 1, got 0" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.real
+def test_agent_reports_icmp_metrics_to_the_collector(tmp_path: Path) -> None:
+    """The whole way: `mogli-agent run` with an icmp probe -> collector -> /metrics with every icmp series."""
+    need(can_open("raw") or can_open("dgram"), "needs CAP_NET_RAW or ping_group_range")
+    port = free_port()
+    col = start_collector(tmp_path, port, write_collector_config(tmp_path, port, {"case1": "tok-1"}))
+    agent = None
+    try:
+        probes = {"icmp": [{"target": "127.0.0.1", "name": "loop4", "interval": 1, "count": 5,
+                            "packet_interval": 0.05, "reply_timeout": 0.5, "timeout": 0.9}]}
+        agent = start_agent(tmp_path, write_agent_config(tmp_path, "case1", "tok-1", port, probes))
+
+        def sent() -> float | None:
+            v = sample_value(scrape(port), "mogli_icmp_sent_total", node="case1", target="loop4")
+            return v if v is not None and v >= 10 else None
+
+        wait_until(sent, 30, "two icmp rounds at the collector")
+        text = scrape(port)
+        lb = {"node": "case1", "site": "testfest", "probe": "icmp", "target": "loop4"}
+        sent_total = sample_value(text, "mogli_icmp_sent_total", **lb)
+        assert sent_total == sample_value(text, "mogli_icmp_received_total", **lb)
+        assert sample_value(text, "mogli_icmp_duplicates_total", **lb) == 0
+        assert sample_value(text, "mogli_icmp_loss_ratio", **lb) == 0
+        assert sample_value(text, "mogli_icmp_rtt_seconds_count", **lb) == sent_total
+        assert 0 < (sample_value(text, "mogli_icmp_rtt_avg_seconds", **lb) or 0) < 0.05
+        for g in ("min", "max", "stddev"):
+            assert sample_value(text, f"mogli_icmp_rtt_{g}_seconds", **lb) is not None
+        assert sample_value(text, "mogli_icmp_jitter_seconds", **lb) is not None
+        assert sample_value(text, "mogli_probe_success", **lb) == 1
+    finally:
+        if agent is not None:
+            agent.stop()
+        col.stop()

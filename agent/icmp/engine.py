@@ -25,6 +25,7 @@ import contextlib
 import errno
 import heapq
 import itertools
+import math
 import os
 import random
 import socket
@@ -50,11 +51,12 @@ ICMP_FILTER = 1
 ICMP6_FILTER = 1
 MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
 
-SLACK = 0.02
-"""The engine's one timer fires at most every this many seconds while rounds are active: it sends
-every packet due before the next wakeup (at most one per round), then reads every socket. Replies
-carry the kernel's receive timestamp, so reading them up to SLACK late costs no accuracy, and 10,000
-targets at 1 pps cost ~50 wakeups a second, not 20,000."""
+SLACK = 0.05
+"""The engine's timer fires on multiples of this (the same grid as the runner's probe loops, so
+their wakeups coincide) while rounds are active: it sends every packet due before the next grid
+point (at most one per round), then reads every socket. Replies carry the kernel's receive
+timestamp, so reading them up to SLACK late costs no accuracy: 10,000 targets at 1 pps cost ~20
+wakeups a second, not 20,000."""
 FAST_SLACK = 0.001
 """The tick while some round spaces its packets closer than 2 * SLACK (tests, ad hoc checks)."""
 
@@ -313,9 +315,14 @@ class Engine:
     ) -> Round:
         """Schedule a round; await ``round.future``. Cancel with :meth:`cancel`."""
         g = self.group(family, kind, tos, df)
-        rnd = Round(address, family, count, packet_interval, reply_timeout, size, g,
-                    self.rng.randrange(0x10000), self.loop.create_future())
-        rnd.key = address.partition("%")[0]
+        key = address.partition("%")[0]
+        start = self.rng.randrange(0x10000)
+        for _ in range(8):  # another round to this address in flight: keep the sequence ranges apart
+            if not any((key, (start + i) & 0xFFFF) in g.pending for i in range(count)):
+                break
+            start = self.rng.randrange(0x10000)
+        rnd = Round(address, family, count, packet_interval, reply_timeout, size, g, start, self.loop.create_future())
+        rnd.key = key
         rnd.data, rnd.data_sum = self.payload(size)
         self.bufsize = max(self.bufsize, size + 256)  # + IP header (raw IPv4) + ICMP header, with room
         rnd.next_due = self.loop.time()
@@ -391,8 +398,11 @@ class Engine:
             if not rnd.done:
                 self.finish(rnd)
         if self._active:  # replies are read when the timer fires: poll while rounds wait
-            self._arm(min(sends[0][0] if sends else now + slack, ends[0][0] if ends else now + slack,
-                          now + slack))
+            # on the grid: sends at the grid point before they are due, ends at the one after
+            nxt = (math.floor(now / slack) + 1) * slack
+            if sends:
+                nxt = min(nxt, max(now, math.floor(sends[0][0] / slack) * slack))
+            self._arm(nxt)
 
     def close(self) -> None:
         if self._timer is not None:
