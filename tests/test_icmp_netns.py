@@ -210,3 +210,27 @@ def test_average_rtt_within_a_tenth_of_a_millisecond_of_fping(pair: Pair, kind: 
     assert isinstance(ours, float)
     print(f"{kind}: ours {ours * 1e6:.1f} us, fping {theirs * 1e6:.1f} us")
     assert abs(ours - theirs) < 0.0001, f"ours {ours * 1e6:.1f} us vs fping {theirs * 1e6:.1f} us"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_round_cut_short_counts_only_requests_with_an_outcome(pair: Pair, kind: str) -> None:
+    """A round cancelled mid-way (the runner's timeout on a starved agent): requests still inside
+    their reply_timeout are neither sent nor lost; older unanswered ones are lost."""
+    pair.nft("table inet mogli_test {\n chain input {\n type filter hook input priority 0;\n"
+             " icmp type echo-request drop\n }\n}")
+
+    async def main() -> tuple[int, list[float | None]]:
+        eng = get_engine()
+        try:
+            with inside(pair.a):
+                eng.group(V4, kind, 0, False)  # type: ignore[arg-type]
+            rnd = eng.start(pair.ip4_b, V4, count=20, packet_interval=0.05, reply_timeout=0.3, kind=kind)  # type: ignore[arg-type]
+            await asyncio.sleep(0.5)  # ~10 sent: those of the first 0.2 s are past their reply_timeout
+            eng.cancel(rnd)
+            return rnd.sent, rnd.rtts
+        finally:
+            eng.close()
+
+    sent, rtts = asyncio.run(main())
+    assert 2 <= sent <= 7, sent  # about 4-5 decided; never the ~10 actually sent
+    assert rtts == [None] * sent

@@ -342,8 +342,21 @@ class Engine:
         return rnd
 
     def cancel(self, rnd: Round) -> None:
+        """End a round early (its probe was cancelled, e.g. by the runner's timeout).
+
+        Replies already queued are read first. A request still within its reply_timeout has no
+        outcome yet: it is dropped from the round (neither sent nor lost), so a round cut short by
+        a busy agent never reports loss that did not happen."""
+        if rnd.done:
+            return
+        rnd.group.drain()
         if not rnd.done:
-            self.finish(rnd)
+            limit = time.time_ns() - int(rnd.reply_timeout * 1e9)
+            keep = [i for i in range(rnd.sent) if rnd.rtts[i] is not None or rnd.send_ns[i] <= limit]
+            self.finish(rnd)  # uses rnd.sent to clear every pending entry
+            rnd.rtts = [rnd.rtts[i] for i in keep]
+            rnd.send_ns = [rnd.send_ns[i] for i in keep]
+            rnd.sent = len(keep)
 
     def settle(self, rnd: Round) -> None:
         """Every request is answered: end the round after a short wait for duplicates."""
