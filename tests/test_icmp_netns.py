@@ -234,3 +234,19 @@ def test_round_cut_short_counts_only_requests_with_an_outcome(pair: Pair, kind: 
     sent, rtts = asyncio.run(main())
     assert 2 <= sent <= 7, sent  # about 4-5 decided; never the ~10 actually sent
     assert rtts == [None] * sent
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dscp_is_set_on_the_wire(pair: Pair, kind: str) -> None:
+    """The target namespace answers only echo requests marked EF (DSCP 46), IPv4 and IPv6."""
+    pair.nft("""table inet mogli_test {
+  chain input { type filter hook input priority 0;
+    icmp type echo-request ip dscp != ef drop
+    icmpv6 type echo-request ip6 dscp != ef drop
+  }
+}""")
+    for target in (pair.ip4_b, pair.ip6_b):
+        ef, _ = probe(pair, kind, target, count=3, packet_interval=0.01, reply_timeout=0.3, timeout=2.0, dscp=46)
+        assert ef.ok and ef.detail["received"] == 3, ef
+        be, _ = probe(pair, kind, target, count=3, packet_interval=0.01, reply_timeout=0.3, timeout=2.0)
+        assert (be.ok, be.reason, be.detail["received"]) == (False, "timeout", 0), be
