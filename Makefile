@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests, the demo and the benchmarks use as real peers.
-APT_PACKAGES := python3-venv prometheus prometheus-alertmanager tshark ffmpeg nftables iproute2 fping \
+APT_PACKAGES := python3-venv prometheus prometheus-alertmanager tshark ffmpeg nftables iproute2 fping openssl \
 	python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base \
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly chromium
 STAMP := $(VENV)/.installed
@@ -36,14 +36,14 @@ test: deps venv
 	$(BIN)/pytest -q -ra
 
 lint: venv
-	$(BIN)/ruff check agent collector tests
+	$(BIN)/ruff check agent collector tests demo bench
 	$(BIN)/mypy
 
 demo: deps venv
-	$(BIN)/python -m tests.demo
+	$(BIN)/python -m demo
 
 bench: deps venv
-	$(BIN)/python -m tests.bench
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .demo .bench test-artifacts

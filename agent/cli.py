@@ -34,11 +34,15 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--once", action="store_true", help="one round of every configured probe")
     pr.add_argument("--json", action="store_true", help="machine-readable output")
     pr.add_argument("kind", nargs="?", choices=sorted(PROBES), help="ad hoc probe kind")
-    pr.add_argument("target", nargs="?", help="ad hoc target (tcp: HOST:PORT; icmp: address or host name)")
-    pr.add_argument("--timeout", type=float, default=None,
-                    help="seconds (tcp: the whole probe, default 3; icmp: wait for each reply, default 2)")
+    pr.add_argument("target", nargs="?", help="ad hoc target (tcp: HOST:PORT, icmp: address or host name, "
+                    "rtsp: rtsp://HOST[:PORT]/PATH)")
+    pr.add_argument("--timeout", type=float,
+                    help="seconds (default: the kind's default; icmp: the wait for each reply, default 2)")
     pr.add_argument("--count", type=int, default=5, help="icmp: echo requests to send (default 5)")
     pr.add_argument("--interval", type=float, default=1.0, help="icmp: seconds between requests (default 1)")
+    pr.add_argument("--play-seconds", type=float, help="rtsp: PLAY this long and measure the stream")
+    pr.add_argument("--username", help="rtsp: user name")
+    pr.add_argument("--password-file", help="rtsp: file holding the password")
     return p
 
 
@@ -116,15 +120,19 @@ def cmd_probe(args: argparse.Namespace) -> int:
         except ConfigErrors as e:
             return _config_errors(e)
         jobs = probe_list(cfg)
-    elif args.kind and args.target:
+    elif args.kind:
         pk = PROBES[args.kind]
-        adhoc: dict[str, Any] = {"target": args.target, "timeout": 3.0 if args.timeout is None else args.timeout}
-        if args.kind == "icmp":
+        given = {"target": args.target, "timeout": args.timeout, "play_seconds": args.play_seconds,
+                 "username": args.username, "password_file": args.password_file}
+        if args.play_seconds and args.timeout is None:
+            given["timeout"] = args.play_seconds + 10
+        if args.kind == "icmp":  # --timeout is the wait for each reply; the round gets what it needs
             reply_timeout = 2.0 if args.timeout is None else args.timeout
-            adhoc.update(count=args.count, packet_interval=args.interval, reply_timeout=reply_timeout,
+            given.update(count=args.count, packet_interval=args.interval, reply_timeout=reply_timeout,
                          timeout=max(0.01, (args.count - 1) * args.interval + reply_timeout + 1.0))
-        try:
-            pcfg = load_text(json.dumps(adhoc), pk.config, "<command line>")
+        try:  # kinds whose target is only a label (interfaces, system, uplink, wifi) have a default
+            pcfg = load_text(json.dumps({k: v for k, v in given.items() if v is not None}), pk.config,
+                             "<command line>")
         except ConfigErrors as e:
             return _config_errors(e)
         jobs = [(args.kind, pcfg)]
@@ -146,11 +154,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
             {"kind": o.kind, "target": o.target, "success": o.ok, "reason": o.reason,
              "duration_s": round(o.duration, 6), **o.detail} for o in outcomes]}, indent=2))
     else:
-        print(f"{'KIND':6} {'TARGET':32} {'RESULT':12} {'TIME':>10}  DETAIL")
+        print(f"{'KIND':10} {'TARGET':32} {'RESULT':12} {'TIME':>10}  DETAIL")
         for o in outcomes:
             res = "ok" if o.ok else o.reason
             detail = " ".join(f"{k}={v}" for k, v in o.detail.items())
-            print(f"{o.kind:6} {o.target:32} {res:12} {o.duration * 1000:8.2f}ms  {detail}")
+            print(f"{o.kind:10} {o.target:32} {res:12} {o.duration * 1000:8.2f}ms  {detail}")
     return 0 if all(o.ok for o in outcomes) else 1
 
 

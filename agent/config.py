@@ -27,15 +27,19 @@ class CollectorConfig:
     url: str = field(default="http://127.0.0.1:9630/api/v1/reports", metadata=check(validate=_url))
     token_file: str = ""  # file holding this node's bearer token (0600); empty: send no token
     ca_file: str = ""  # CA bundle to verify an https collector; empty: system CAs
-    timeout: float = field(default=10.0, metadata=check(min=0.5, max=300))
-    report_interval: float = field(default=5.0, metadata=check(min=0.2, max=600))
-    backoff_max: float = field(default=60.0, metadata=check(min=0.5, max=3600))
+    client_cert_file: str = ""  # client certificate (PEM) when the collector requires one
+    client_key_file: str = ""
+    timeout: float = field(default=4.0, metadata=check(min=0.5, max=300))
+    report_interval: float = field(default=2.0, metadata=check(min=0.2, max=600))
+    backoff_max: float = field(default=10.0, metadata=check(min=0.5, max=3600))
+    # Backlog batches replayed per second after an outage; the newest (live) batch always goes first.
+    replay_rate: float = field(default=20.0, metadata=check(min=0.1, max=10000))
 
 
 @dataclass(frozen=True)
 class SpoolConfig:
     path: str = "/var/lib/mogli-agent/spool.db"
-    max_bytes: int = field(default=200_000_000, metadata=check(min=100_000))
+    max_bytes: int = field(default=200_000_000, metadata=check(min=10_000))
     max_age: float = field(default=7 * 86400.0, metadata=check(min=60))
 
 
@@ -73,7 +77,11 @@ class AgentConfig:
 
 
 def probe_list(cfg: AgentConfig) -> list[tuple[str, Any]]:
-    return [(kind, p) for kind in PROBES for p in getattr(cfg.probes, kind)]
+    out = [(kind, p) for kind in PROBES for p in getattr(cfg.probes, kind)]
+    spool_dir = str(Path(cfg.spool.path).parent)
+    # the case-health probe reports the spool's file system unless told otherwise
+    return [(k, dataclasses.replace(p, disk_paths=[spool_dir]) if k == "system" and not p.disk_paths else p)
+            for k, p in out]
 
 
 def load(path: str | Path) -> AgentConfig:

@@ -65,6 +65,20 @@ class Recorder:
         self._totals[key] = total
         self._pending.append(Sample(name, labels, total, ts))
 
+    def set_total(self, name: str, labels: Labels, value: float, ts: float) -> None:
+        """Record a counter kept elsewhere (a kernel counter) at its cumulative ``value``.
+
+        The value is reported as-is, so it matches ``ip -s link`` and friends. When the source
+        resets (interface re-created, station re-associated, reboot) the value drops; Prometheus's
+        rate()/increase() treat a drop as a counter reset, which is exactly what happened. Values
+        that are not finite or negative are not counters and are ignored.
+        """
+        self._check(name, labels)
+        if not math.isfinite(value) or value < 0:
+            return
+        self._totals[(name, labels)] = float(value)
+        self._pending.append(Sample(name, labels, float(value), ts))
+
     def touch(self, name: str, labels: Labels, ts: float) -> None:
         """Report a counter at its current total (0 if new) so the series exists."""
         self.inc(name, labels, 0.0, ts)

@@ -92,6 +92,8 @@ def record(
         rec.gauge(name, _labels(name, base, extra), v, ts)
     for name, extra, v in result.counters:
         rec.inc(name, _labels(name, base, extra), v, ts)
+    for name, extra, v in result.counter_values:
+        rec.set_total(name, _labels(name, base, extra), v, ts)
     observed: dict[tuple[str, Labels], list[float]] = {}
     for name, extra, v in result.observations:  # one histogram sample per series and run
         observed.setdefault((name, extra), []).append(v)

@@ -1,7 +1,11 @@
 """Delivers spooled batches to the collector, oldest first, one at a time.
 
 A batch is deleted from the spool only after the collector acknowledged exactly
-that (node, stream, seq). Transport failures, 401/403, 429 and 5xx keep the
+that (node, stream, seq). The newest batch goes first while it is fresh, so live
+data reaches the operations centre on time after an outage; the backlog follows
+oldest first at no more than ``replay_rate`` batches a second, so a long replay
+never starves live data (the collector accepts batches out of order and applies
+each once). Transport failures, 401/403, 429 and 5xx keep the
 batch and retry with exponential backoff and full jitter. A 4xx that says the
 batch itself can never be applied (400, 413, 415, 422) removes it and counts
 ``mogli_agent_send_errors_total{reason="rejected"}``, so one bad batch cannot
@@ -11,6 +15,7 @@ block the spool forever.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -49,11 +54,15 @@ class Sender:
         self._token = token
         self._session: aiohttp.ClientSession | None = None
         self.sent = 0
+        self.last_rtt: float | None = None
 
     def _ssl(self) -> ssl.SSLContext | bool:
-        if self.cfg.url.startswith("https:") and self.cfg.ca_file:
-            return ssl.create_default_context(cafile=self.cfg.ca_file)
-        return True
+        if not self.cfg.url.startswith("https:"):
+            return True
+        ctx = ssl.create_default_context(cafile=self.cfg.ca_file or None)
+        if self.cfg.client_cert_file:
+            ctx.load_cert_chain(self.cfg.client_cert_file, self.cfg.client_key_file or None)
+        return ctx
 
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -74,10 +83,14 @@ class Sender:
             "Content-Type": wire.CONTENT_TYPE,
             "Content-Encoding": "gzip",
             wire.SENT_AT_HEADER: f"{time.time():.6f}",
+            wire.SPOOL_OLDEST_HEADER: str(self.spool.oldest_seq() or batch.seq),
         }
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
+        if self.last_rtt is not None:
+            headers[wire.LAST_RTT_HEADER] = f"{self.last_rtt:.6f}"
         s = await self.session()
+        t0 = time.monotonic()
         try:
             async with s.post(self.cfg.url, data=batch.body, headers=headers) as resp:
                 text = await resp.text()
@@ -94,6 +107,7 @@ class Sender:
             raise SendError("timeout", f"no answer within {self.cfg.timeout} s") from None
         except (aiohttp.ClientError, OSError) as e:
             raise SendError("connect", f"{type(e).__name__}: {e}") from None
+        self.last_rtt = time.monotonic() - t0
         try:
             ack = json.loads(text)
         except ValueError:
@@ -102,14 +116,36 @@ class Sender:
             raise SendError("bad_ack", f"acknowledgement does not match batch {batch.seq}: {text[:200]}")
         return ack
 
+    def pick(self, now: float) -> tuple[Batch | None, bool]:
+        """The batch to send next and whether it is live (fresh) rather than backlog."""
+        newest = self.spool.newest()
+        if newest is None:
+            return None, False
+        if now - newest.created <= self.live_window:
+            return newest, True
+        return self.spool.oldest(), False
+
+    @property
+    def live_window(self) -> float:
+        return 2 * self.cfg.report_interval + 2.0
+
     async def run(self) -> None:
         attempt = 0
+        next_replay = 0.0
         while True:
-            batch = self.spool.oldest()
+            batch, live = self.pick(time.time())
             if batch is None:
                 self.wakeup.clear()
                 await self.wakeup.wait()
                 continue
+            if not live:
+                wait = next_replay - time.monotonic()
+                if wait > 0:  # replay budget used up: wait, unless a live batch arrives first
+                    self.wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wakeup.wait(), wait)
+                    continue
+                next_replay = time.monotonic() + 1.0 / self.cfg.replay_rate
             try:
                 await self.post(batch)
             except SendError as e:

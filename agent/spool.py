@@ -114,6 +114,14 @@ class Spool:
         row = self.db.execute("SELECT seq, created, samples, body FROM batches ORDER BY seq LIMIT 1").fetchone()
         return None if row is None else Batch(int(row[0]), float(row[1]), int(row[2]), bytes(row[3]))
 
+    def newest(self) -> Batch | None:
+        row = self.db.execute("SELECT seq, created, samples, body FROM batches ORDER BY seq DESC LIMIT 1").fetchone()
+        return None if row is None else Batch(int(row[0]), float(row[1]), int(row[2]), bytes(row[3]))
+
+    def oldest_seq(self) -> int | None:
+        row = self.db.execute("SELECT MIN(seq) FROM batches").fetchone()
+        return None if row[0] is None else int(row[0])
+
     def delete(self, seq: int) -> None:
         with self._tx():
             self.db.execute("DELETE FROM batches WHERE seq=?", (seq,))

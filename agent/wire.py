@@ -22,6 +22,12 @@ CONTENT_TYPE = "application/json"
 # The agent's clock when this attempt was sent (seconds since the epoch, decimal).
 # A header, not a body field, so a spooled body is sent byte-identical on every retry.
 SENT_AT_HEADER = "Mogli-Sent-At"
+# Round trip of the agent's previous successful delivery, seconds: lets the collector
+# take out the request's travel time when it estimates the agent's clock offset.
+LAST_RTT_HEADER = "Mogli-Last-RTT"
+# The oldest sequence number still in the agent's spool when this attempt was sent:
+# anything older that the collector never applied was dropped from a full spool.
+SPOOL_OLDEST_HEADER = "Mogli-Spool-Oldest"
 MAX_SAMPLES = 50_000
 MAX_LABELS = 16
 MAX_LABEL_VALUE = 256

@@ -6,6 +6,7 @@ import argparse
 import logging
 import secrets
 import sys
+from pathlib import Path
 
 from agent import __version__
 from agent.confload import ConfigErrors
@@ -49,10 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {args.node}: {{token_sha256: {token_hash(token)}}}")
         return 0
 
-    from collector import config
+    from collector import config, inventory
 
     try:
         cfg = config.load(args.config)
+        inv = None
+        if cfg.inventory:
+            inv = inventory.load(Path(args.config).parent / cfg.inventory)
     except ConfigErrors as e:
         return _errors(e)
     if args.cmd == "check-config":
@@ -66,12 +70,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    app = make_app(cfg)
+    app = make_app(cfg, inv=inv)
     logging.getLogger("mogli.collector").info(
         "collector %s listening on %s:%d, %d agents known", __version__, cfg.listen.host, cfg.listen.port,
         len(cfg.agents),
     )
-    web.run_app(app, host=cfg.listen.host, port=cfg.listen.port, print=None, access_log=None)
+    ssl_context = None
+    if cfg.tls.cert_file:
+        import ssl
+
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(cfg.tls.cert_file, cfg.tls.key_file)
+        if cfg.tls.client_ca_file:
+            ssl_context.load_verify_locations(cfg.tls.client_ca_file)
+            ssl_context.verify_mode = ssl.CERT_REQUIRED
+    web.run_app(app, host=cfg.listen.host, port=cfg.listen.port, print=None, access_log=None,
+                ssl_context=ssl_context)
     return 0
 
 

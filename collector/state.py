@@ -6,10 +6,11 @@ report and never fails half-way: validation happened in agent.wire.parse.
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
-from agent.wire import Histogram, Report
+from agent.wire import Histogram, Report, Sample
 from collector.store import Store
 
 Labels = tuple[tuple[str, str], ...]
@@ -25,6 +26,10 @@ class NodeState:
     reports: int = 0
     duplicates: int = 0
     series: dict[SeriesKey, tuple[float | Histogram, float]] = field(default_factory=dict)
+    clock_offset: float | None = None  # agent clock minus collector clock, seconds
+    clock_corrected: bool = False
+    late_samples: int = 0
+    clock_estimates: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=8))
 
 
 @dataclass(frozen=True)
@@ -42,16 +47,42 @@ class Snapshot:
         return self.now - node.last_report <= self.stale_after
 
 
+# Builds the remote-write bodies (samples, body) for late samples of one node; None: no backfill.
+Backfill = Callable[[str, str, list[Sample]], list[tuple[int, bytes]]]
+
+
+def estimate_offset(sent_at: float, rtt: float | None, received: float) -> float:
+    """Agent clock minus collector clock.
+
+    The agent stamped ``sent_at`` when it sent; the request took about half its
+    previous round trip to arrive. Without a round trip we assume 0 (loopback).
+    """
+    return sent_at + (rtt or 0.0) / 2 - received
+
+
 class State:
-    def __init__(self, store: Store, stale_after: float):
+    def __init__(self, store: Store, stale_after: float, max_clock_offset: float = 5.0,
+                 late_after: float = 20.0, backfill: Backfill | None = None):
         self.store = store
         self.stale_after = stale_after
+        self.max_clock_offset = max_clock_offset
+        self.late_after = late_after
+        self.backfill = backfill
         self.nodes: dict[str, NodeState] = {}
         self.results: Counter[str] = Counter()  # reports by outcome
         self.samples = 0
         self.version = 0  # bumps on every change; /metrics caches on it
 
-    def apply(self, r: Report, now: float) -> str:
+    def observe_clock(self, node: NodeState, sent_at: float | None, rtt: float | None, now: float) -> None:
+        if sent_at is None:
+            return
+        node.clock_estimates.append((rtt if rtt is not None else 0.0, estimate_offset(sent_at, rtt, now)))
+        # like NTP's clock filter: trust the estimate that travelled fastest
+        node.clock_offset = min(node.clock_estimates)[1]
+        node.clock_corrected = abs(node.clock_offset) > self.max_clock_offset
+
+    def apply(self, r: Report, now: float, sent_at: float | None = None, rtt: float | None = None,
+              oldest: int | None = None) -> str:
         """Apply a report once. Returns "applied" or "duplicate"."""
         node = self.nodes.get(r.node)
         if node is None:
@@ -60,21 +91,31 @@ class State:
         node.last_report = now
         node.reports += 1
         self.version += 1
-        if r.seq <= self.store.hwm(r.node, r.stream):
+        self.observe_clock(node, sent_at, rtt, now)
+        if self.store.seen(r.node, r.stream, r.seq):
             node.duplicates += 1
             return "duplicate"
-        if r.agent_start > node.agent_start:
+        shift = node.clock_offset if node.clock_corrected and node.clock_offset is not None else 0.0
+        if r.agent_start - shift > node.agent_start:
             if node.agent_start:
                 node.restarts += 1
-            node.agent_start = r.agent_start
+            node.agent_start = r.agent_start - shift
         series = node.series
+        late: list[Sample] = []
+        late_before = now - self.late_after
         for s in r.samples:
+            if shift:
+                s = replace(s, ts=s.ts - shift)
             key = (s.name, s.labels)
             cur = series.get(key)
             if cur is None or s.ts >= cur[1]:
                 series[key] = (s.value, s.ts)
+            if s.ts < late_before:
+                late.append(s)
         self.samples += len(r.samples)
-        self.store.commit(r.node, r.stream, r.seq)
+        node.late_samples += len(late)
+        bodies = self.backfill(r.node, r.site, late) if (late and self.backfill) else []
+        self.store.commit(r.node, r.stream, r.seq, oldest if oldest is not None and oldest <= r.seq else None, bodies)
         return "applied"
 
     def count(self, result: str) -> None:
@@ -82,11 +123,6 @@ class State:
         self.version += 1
 
     def snapshot(self, now: float) -> Snapshot:
-        nodes = {
-            n: NodeState(
-                s.site, s.last_report, s.agent_start, s.restarts, s.reports, s.duplicates, dict(s.series)
-            )
-            for n, s in self.nodes.items()
-        }
+        nodes = {n: replace(s, series=dict(s.series), clock_estimates=deque()) for n, s in self.nodes.items()}
         missing = {n: self.store.missing(n) for n in nodes}
         return Snapshot(now, self.stale_after, nodes, missing, dict(self.results), self.samples)

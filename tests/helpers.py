@@ -61,7 +61,7 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: flo
     while time.monotonic() < deadline:
         try:
             last = cond()
-        except Exception as e:  # noqa: BLE001 - keep polling; report the last problem
+        except Exception as e:
             last = e
         else:
             if last:
@@ -162,7 +162,7 @@ def write_agent_config(d: Path, node: str, token: str, collector_port: int, prob
 
 def start_collector(d: Path, port: int, cfg: Path) -> Proc:
     p = Proc([str(BIN / "mogli-collector"), "run", "-c", str(cfg)], d / "collector.log")
-    wait_until(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200 or not p.alive(), 20,
+    wait_until(lambda: not p.alive() or http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 20,
                "collector /healthz")
     assert p.alive(), p.output()
     return p
@@ -221,7 +221,7 @@ class Prometheus:
              f"--web.listen-address=127.0.0.1:{self.port}", *(extra_args or [])],
             d / "prometheus.log",
         )
-        wait_until(lambda: http_get(f"{self.url}/-/ready")[0] == 200 or not self.proc.alive(), 60,
+        wait_until(lambda: not self.proc.alive() or http_get(f"{self.url}/-/ready")[0] == 200, 60,
                    "prometheus ready")
         assert self.proc.alive(), self.proc.output()
 

@@ -18,7 +18,7 @@ CONFIGS = Path(__file__).parent / "configs"
 def test_example_configs_load_with_documented_values() -> None:
     a = agent_config.load(ROOT / "agent" / "example.yml")
     assert a.node == "stiftsplatz" and a.site == "maikerwe-2026"
-    assert a.collector.report_interval == 5 and a.spool.max_age == 604800
+    assert a.collector.report_interval == 2 and a.spool.max_age == 604800
     assert [p.target for p in a.probes.tcp] == ["127.0.0.1:9630"]
     c = collector_config.load(ROOT / "collector" / "example.yml")
     assert c.listen.port == 9630 and c.stale_after == 60 and "stiftsplatz" in c.agents
@@ -52,7 +52,9 @@ def test_three_errors_in_one_file_are_all_reported() -> None:
 
 def test_duplicate_target_labels_are_rejected() -> None:
     with pytest.raises(ConfigErrors) as e:
-        agent_config.loads("node: n\nsite: s\nprobes:\n  tcp:\n    - {target: 'a:1'}\n    - {target: 'b:1', name: 'a:1'}\n")
+        agent_config.loads(
+            "node: n\nsite: s\nprobes:\n  tcp:\n    - {target: 'a:1'}\n    - {target: 'b:1', name: 'a:1'}\n"
+        )
     assert "duplicate target 'a:1'" in str(e.value)
 
 

@@ -87,11 +87,14 @@ class ProbeResult:
 
     Values are recorded against the probe's own ``probe``/``target`` labels plus
     the extra labels given here. Counters are increments; the agent keeps totals.
+    Counters the kernel already keeps (interface bytes, station retries) are
+    reported with :meth:`counter_value` as the cumulative value itself.
     """
 
     gauges: list[tuple[str, Labels, float]] = field(default_factory=list)
     counters: list[tuple[str, Labels, float]] = field(default_factory=list)
     observations: list[tuple[str, Labels, float]] = field(default_factory=list)
+    counter_values: list[tuple[str, Labels, float]] = field(default_factory=list)
     detail: dict[str, object] = field(default_factory=dict)  # for `mogli-agent probe` output
 
     def gauge(self, name: str, value: float, **labels: str) -> None:
@@ -99,6 +102,10 @@ class ProbeResult:
 
     def count(self, name: str, inc: float = 1.0, **labels: str) -> None:
         self.counters.append((name, tuple(sorted(labels.items())), inc))
+
+    def counter_value(self, name: str, value: float, **labels: str) -> None:
+        """A counter whose cumulative value someone else keeps (the kernel): recorded as the new total."""
+        self.counter_values.append((name, tuple(sorted(labels.items())), value))
 
     def observe(self, name: str, value: float, **labels: str) -> None:
         self.observations.append((name, tuple(sorted(labels.items())), value))

@@ -1,0 +1,1 @@
+"""RTSP/SDP/RTP parsing for the camera probe (sans-io)."""
