@@ -1,4 +1,4 @@
-"""Benchmark: CPU share of one core for N loopback ICMP targets at 1 packet per second each.
+"""ICMP: CPU share of one core for N loopback targets at 1 packet per second each, next to fping.
 
 Ours: the agent's probe path (runner.run_probe per round + Recorder, one shared engine socket) in a
 subprocess (`python -m bench.icmp --child N RAMP WINDOW`): rounds of 10 packets 1 s apart, its CPU
