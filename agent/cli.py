@@ -43,7 +43,26 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--play-seconds", type=float, help="rtsp: PLAY this long and measure the stream")
     pr.add_argument("--username", help="rtsp: user name")
     pr.add_argument("--password-file", help="rtsp: file holding the password")
+    pr.add_argument("--interface", help="rtp: the interface to capture on (the first run listens timeout/2 s)")
+    a = sub.add_parser("analyze-pcap", help="RTP stream statistics of a pcap/pcapng capture")
+    a.add_argument("file", help="capture file (pcap or pcapng)")
+    a.add_argument("--json", action="store_true", help='print {"streams": [...]}')
+    a.add_argument("--clock-rate", type=_positive, default=0.0, metavar="HZ",
+                   help="RTP clock rate for dynamic payload types 96-127 (e.g. 90000 for video); "
+                        "without it their jitter is not computed")
+    a.add_argument("--stall-gap", type=_positive, default=1.0, metavar="S",
+                   help="count gaps between packets of a stream longer than this as stalls (default 1.0 s)")
     return p
+
+
+def _positive(v: str) -> float:
+    try:
+        f = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a number") from None
+    if not 0 < f < 1e12:
+        raise argparse.ArgumentTypeError(f"{v!r} must be > 0")
+    return f
 
 
 def _load(path: str) -> Any:
@@ -123,7 +142,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     elif args.kind:
         pk = PROBES[args.kind]
         given = {"target": args.target, "timeout": args.timeout, "play_seconds": args.play_seconds,
-                 "username": args.username, "password_file": args.password_file}
+                 "username": args.username, "password_file": args.password_file, "interface": args.interface}
         if args.play_seconds and args.timeout is None:
             given["timeout"] = args.play_seconds + 10
         if args.kind == "icmp":  # --timeout is the wait for each reply; the round gets what it needs
@@ -168,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check(args)
     if args.cmd == "run":
         return cmd_run(args)
+    if args.cmd == "analyze-pcap":
+        from agent.rtp import offline
+
+        return offline.main(args.file, args.json, args.clock_rate, args.stall_gap)
     return cmd_probe(args)
 
 

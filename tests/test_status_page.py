@@ -95,3 +95,38 @@ def test_status_endpoints_answer_without_any_data(tmp_path: Path, path: str) -> 
         assert status == 200 and b"<script>" not in body
     finally:
         col.stop()
+
+
+def test_frozen_camera_and_down_node_from_a_live_capture_in_chromium(tmp_path: Path) -> None:
+    """A real agent captures a camera's RTP on lo; its picture freezes; a second node is down."""
+    import os
+
+    from rtpcam import RtpCamera
+
+    need(os.geteuid() == 0, "live capture needs root (AF_PACKET)")
+    cam = RtpCamera()
+    port = free_port()
+    col = start_collector(tmp_path, port, write_collector_config(
+        tmp_path, port, TOKENS, stale_after=5, inventory=str(FIX / "inventory.yml")))
+    agent = start_agent(tmp_path, write_agent_config(tmp_path, "stiftsplatz", TOKENS["stiftsplatz"], port, {
+        "rtp": [{"target": f"127.0.0.1:{cam.port}", "interface": "lo", "name": "cam-stiftsplatz-1",
+                 "interval": 0.5}]}))
+    try:
+        def cam_state() -> str:
+            return next(c for c in _status(port)["cameras"] if c["camera"] == "cam-stiftsplatz-1")["state"]
+
+        wait_until(lambda: cam_state() == "ok", 20, "camera ok")
+        cam.frozen.set()
+        t_freeze = time.time()
+        wait_until(lambda: cam_state() == "frozen", 20, "camera frozen")
+        frozen = next(c for c in _status(port)["cameras"] if c["camera"] == "cam-stiftsplatz-1")
+        assert t_freeze <= frozen["since"] <= time.time() and frozen["last_frame_age_s"] > 3
+        html = http_get(f"http://127.0.0.1:{port}/")[1].decode()
+        assert "EINGEFROREN" in html and "Stiftsplatz Nord" in html and "AUSGEFALLEN" in html  # rathaus down
+        screenshot(f"http://127.0.0.1:{port}/?lang=en", ROOT / "test-artifacts" / "status-page-camera-frozen.png")
+        cam.frozen.clear()
+        wait_until(lambda: cam_state() == "ok", 20, "camera ok again")
+    finally:
+        agent.stop()
+        col.stop()
+        cam.close()

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.probes import http, icmp, interfaces, rtsp, system, tcp, uplink, wifi
+from agent.probes import http, icmp, interfaces, rtp, rtsp, system, tcp, uplink, wifi
 from agent.probes.base import ProbeResult
 
 
@@ -30,4 +30,5 @@ PROBES: dict[str, ProbeKind] = {
                         "default route interface and gateway, and a counter of changes (target: a label)"),
     "wifi": ProbeKind(wifi.WifiConfig, wifi.run,
                       "nl80211 station signal/bitrates per interface and configured peers (target: a label)"),
+    "rtp": ProbeKind(rtp.RtpConfig, rtp.run, "passive RTP analysis of a camera's streams on an interface"),
 }

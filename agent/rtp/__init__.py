@@ -1,0 +1,1 @@
+"""Passive RTP stream analysis: capture decoding (pcapfile, decode), the analyser, live capture."""
