@@ -114,6 +114,7 @@ def test_random_20_percent_drop_is_reported_within_5_points(pair: Pair, kind: st
     assert out.ok, out
     assert sent == 500
     assert loss == pytest.approx(1 - received / 500)
+    print(f"{kind}: loss {loss:.3f} with 20 % dropped")
     assert abs(loss - 0.20) <= 0.05, f"loss {loss:.3f} with 20 % dropped ({kind})"
 
 
