@@ -178,6 +178,22 @@ _METRICS = [
        unit="bytes"),
     _m("mogli_capture_kernel_drops_total", "counter",
        "Packets the kernel dropped before the capture socket read them (PACKET_STATISTICS)", "interface"),
+    # --- ICMP echo probe (agent/probes/icmp.py, docs/probes/icmp.md) ------------------------
+    _m("mogli_icmp_sent_total", "counter", "Echo requests sent", "probe", "target"),
+    _m("mogli_icmp_received_total", "counter",
+       "Echo replies received in time (duplicates not counted)", "probe", "target"),
+    _m("mogli_icmp_duplicates_total", "counter", "Duplicate echo replies", "probe", "target"),
+    _m("mogli_icmp_rtt_seconds", "histogram", "Round-trip time of each echo reply",
+       "probe", "target", unit="seconds"),
+    _m("mogli_icmp_rtt_min_seconds", "gauge", "Smallest RTT of the last round", "probe", "target", unit="seconds"),
+    _m("mogli_icmp_rtt_avg_seconds", "gauge", "Mean RTT of the last round", "probe", "target", unit="seconds"),
+    _m("mogli_icmp_rtt_max_seconds", "gauge", "Largest RTT of the last round", "probe", "target", unit="seconds"),
+    _m("mogli_icmp_rtt_stddev_seconds", "gauge",
+       "Population standard deviation of the RTTs of the last round", "probe", "target", unit="seconds"),
+    _m("mogli_icmp_jitter_seconds", "gauge",
+       "Mean absolute difference of consecutive RTTs in the last round", "probe", "target", unit="seconds"),
+    _m("mogli_icmp_loss_ratio", "gauge",
+       "Share of the last round's echo requests without a timely reply (0..1)", "probe", "target", unit="ratio"),
 ]
 
 METRICS: dict[str, MetricSpec] = {m.name: m for m in _METRICS}

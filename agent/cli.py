@@ -17,6 +17,8 @@ from agent.confload import ConfigErrors, load_text
 from agent.probes import PROBES
 
 EXIT_CONFIG = 2
+ICMP_JSON_FIELDS = ("target", "sent", "received", "loss_ratio", "rtt_min_s", "rtt_avg_s", "rtt_max_s",
+                    "rtt_stddev_s", "jitter_s")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,8 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--once", action="store_true", help="one round of every configured probe")
     pr.add_argument("--json", action="store_true", help="machine-readable output")
     pr.add_argument("kind", nargs="?", choices=sorted(PROBES), help="ad hoc probe kind")
-    pr.add_argument("target", nargs="?", help="ad hoc target (tcp: HOST:PORT, rtsp: rtsp://HOST[:PORT]/PATH)")
-    pr.add_argument("--timeout", type=float, help="seconds (default: the kind's default)")
+    pr.add_argument("target", nargs="?", help="ad hoc target (tcp: HOST:PORT, icmp: address or host name, "
+                    "rtsp: rtsp://HOST[:PORT]/PATH)")
+    pr.add_argument("--timeout", type=float,
+                    help="seconds (default: the kind's default; icmp: the wait for each reply, default 2)")
+    pr.add_argument("--count", type=int, default=5, help="icmp: echo requests to send (default 5)")
+    pr.add_argument("--interval", type=float, default=1.0, help="icmp: seconds between requests (default 1)")
     pr.add_argument("--play-seconds", type=float, help="rtsp: PLAY this long and measure the stream")
     pr.add_argument("--username", help="rtsp: user name")
     pr.add_argument("--password-file", help="rtsp: file holding the password")
@@ -139,6 +145,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
                  "username": args.username, "password_file": args.password_file, "interface": args.interface}
         if args.play_seconds and args.timeout is None:
             given["timeout"] = args.play_seconds + 10
+        if args.kind == "icmp":  # --timeout is the wait for each reply; the round gets what it needs
+            reply_timeout = 2.0 if args.timeout is None else args.timeout
+            given.update(count=args.count, packet_interval=args.interval, reply_timeout=reply_timeout,
+                         timeout=max(0.01, (args.count - 1) * args.interval + reply_timeout + 1.0))
         try:  # kinds whose target is only a label (interfaces, system, uplink, wifi) have a default
             pcfg = load_text(json.dumps({k: v for k, v in given.items() if v is not None}), pk.config,
                              "<command line>")
@@ -153,7 +163,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
         return list(await asyncio.gather(*(run_probe(k, p) for k, p in jobs)))
 
     outcomes = asyncio.run(main())
-    if args.json:
+    if args.json and args.kind == "icmp" and not args.config:
+        o = outcomes[0]
+        print(json.dumps({k: o.detail.get(k) for k in ICMP_JSON_FIELDS} | {"target": o.target}, indent=2))
+        if not o.ok:
+            print(f"mogli-agent probe: icmp {o.target}: {o.reason}: {o.detail.get('error', '')}", file=sys.stderr)
+    elif args.json:
         print(json.dumps({"results": [
             {"kind": o.kind, "target": o.target, "success": o.ok, "reason": o.reason,
              "duration_s": round(o.duration, 6), **o.detail} for o in outcomes]}, indent=2))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from agent.catalog import METRICS, RTT_BUCKETS
@@ -83,12 +84,18 @@ class Recorder:
         self.inc(name, labels, 0.0, ts)
 
     def observe(self, name: str, labels: Labels, value: float, ts: float) -> None:
+        self.observe_many(name, labels, (value,), ts)
+
+    def observe_many(self, name: str, labels: Labels, values: Iterable[float], ts: float) -> None:
+        """Observe several values at one time: one sample with the resulting histogram
+        (an ICMP round's RTTs: one snapshot instead of one per packet)."""
         self._check(name, labels)
         key = (name, labels)
         h = self._hists.get(key)
         if h is None:
             h = self._hists[key] = _Hist(self._buckets.get(name, RTT_BUCKETS))
-        h.observe(value)
+        for v in values:
+            h.observe(v)
         self._pending.append(Sample(name, labels, h.snapshot(), ts))
 
     def total(self, name: str, labels: Labels) -> float:

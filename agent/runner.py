@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -37,6 +38,18 @@ class Outcome:
 
 def target_label(pcfg: Any) -> str:
     return str(pcfg.name or pcfg.target)
+
+
+WAKE_GRID = 0.05
+"""Probe loops wake on multiples of this (at most interval/20): thousands of probes then share
+a few dozen event-loop wakeups a second instead of one each (bench/icmp.py: 1000 ICMP targets
+at 1 pps, 16 % -> 12 % of a core)."""
+
+
+def on_grid(t: float, interval: float) -> float:
+    """``t`` rounded up to the wake grid; the schedule itself (``due``) keeps its exact spacing."""
+    g = min(WAKE_GRID, interval / 20)
+    return math.ceil(t / g) * g
 
 
 def spread_offset(kind: str, label: str, interval: float) -> float:
@@ -81,8 +94,11 @@ def record(
         rec.inc(name, _labels(name, base, extra), v, ts)
     for name, extra, v in result.counter_values:
         rec.set_total(name, _labels(name, base, extra), v, ts)
-    for name, extra, v in result.observations:
-        rec.observe(name, _labels(name, base, extra), v, ts)
+    observed: dict[tuple[str, Labels], list[float]] = {}
+    for name, extra, v in result.observations:  # one histogram sample per series and run
+        observed.setdefault((name, extra), []).append(v)
+    for (name, extra), values in observed.items():
+        rec.observe_many(name, _labels(name, base, extra), values, ts)
 
 
 def _labels(name: str, base: Labels, extra: Labels) -> Labels:
@@ -116,7 +132,7 @@ class Agent:
             now = loop.time()
             if due < now:  # we fell behind (suspended laptop, overloaded router): skip, don't burst
                 due = now + pcfg.interval - (now - due) % pcfg.interval
-            await asyncio.sleep(due - now)
+            await asyncio.sleep(on_grid(due, pcfg.interval) - now)
 
     def record_self(self, now: float) -> None:
         st = self.spool.stats()

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.probes import http, interfaces, rtp, rtsp, system, tcp, uplink, wifi
+from agent.probes import http, icmp, interfaces, rtp, rtsp, system, tcp, uplink, wifi
 from agent.probes.base import ProbeResult
 
 
@@ -18,6 +18,7 @@ class ProbeKind:
 
 
 PROBES: dict[str, ProbeKind] = {
+    "icmp": ProbeKind(icmp.IcmpConfig, icmp.run, "ICMP echo rounds to an IP address or host name"),
     "tcp": ProbeKind(tcp.TcpConfig, tcp.run, "TCP connect (and TLS handshake) to HOST:PORT"),
     "rtsp": ProbeKind(rtsp.RtspConfig, rtsp.run, "RTSP camera: OPTIONS, DESCRIBE (SDP), optional short PLAY"),
     "http": ProbeKind(http.HttpConfig, http.run, "HTTP(S) GET/HEAD with phase timings, status, body, cert expiry"),

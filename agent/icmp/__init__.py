@@ -1,0 +1,1 @@
+"""ICMP echo: sans-io packets (packet.py) and the shared socket engine (engine.py)."""

@@ -1,0 +1,166 @@
+"""ICMP echo probe: one round of ``count`` echo requests per run, through the shared engine.
+
+Per round: sent/received/duplicates counters, every RTT into a histogram, and the
+round's min/avg/max/stddev RTT, jitter and loss ratio as gauges. A round without a
+single reply fails with reason ``timeout`` (``unreachable`` when ICMP errors came
+back); its sent/received totals are recorded all the same. See docs/probes/icmp.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import itertools
+import math
+import socket
+from dataclasses import dataclass, field
+from typing import Literal
+
+from agent.confload import check
+from agent.icmp.engine import Round, SocketKind, get_engine
+from agent.probes.base import Permission, ProbeError, ProbeResult, ResolveError, Timeout, Unreachable
+
+
+class MtuExceeded(ProbeError):
+    """Don't-fragment packets larger than the path (or interface) MTU."""
+
+    reason = "mtu"
+
+
+def _host(v: str) -> str | None:
+    if not v or any(c.isspace() for c in v) or "/" in v:
+        return "must be an IP address or a host name"
+    return None
+
+
+@dataclass(frozen=True)
+class IcmpConfig:
+    target: str = field(metadata=check(validate=_host, doc="IP address or host name"))
+    name: str = ""  # label value for `target`; default: the target itself
+    interval: float = field(default=10.0, metadata=check(min=0.1, max=86400))  # between round starts
+    timeout: float = field(default=8.0, metadata=check(min=0.01, max=300))  # whole round
+    count: int = field(default=10, metadata=check(min=1, max=10_000))  # echo requests per round
+    packet_interval: float = field(default=0.5, metadata=check(min=0.001, max=60))  # spacing in a round
+    reply_timeout: float = field(default=2.0, metadata=check(min=0.001, max=60))  # later replies are lost
+    size: int = field(default=56, metadata=check(min=8, max=65_000))  # ICMP payload bytes
+    dscp: int = field(default=0, metadata=check(min=0, max=63))
+    dont_fragment: bool = False
+    family: Literal["auto", "ipv4", "ipv6"] = "auto"
+    socket: Literal["auto", "dgram", "raw"] = "auto"
+
+    def round_time(self) -> float:
+        return (self.count - 1) * self.packet_interval + self.reply_timeout
+
+    def validate(self) -> list[tuple[str, str]]:
+        if self.round_time() >= self.timeout:
+            return [("timeout", f"must exceed (count - 1) * packet_interval + reply_timeout = "
+                                f"{self.round_time():g} s, the longest a round can take")]
+        return []
+
+
+_FAMILIES = {"auto": socket.AF_UNSPEC, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
+
+
+async def resolve(target: str, family: str) -> tuple[int, str]:
+    """(address family, address) of the target; IP literals skip the resolver."""
+    want = _FAMILIES[family]
+    try:
+        ip = ipaddress.ip_address(target.partition("%")[0])
+    except ValueError:
+        pass
+    else:
+        fam = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+        if want not in (socket.AF_UNSPEC, fam):
+            raise ResolveError(f"{target} is not an {family} address")
+        return fam, target if "%" in target else str(ip)
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(target, None, family=want, type=socket.SOCK_DGRAM)
+    except socket.gaierror as e:
+        raise ResolveError(f"cannot resolve {target}: {e.strerror}") from None
+    fam, _, _, _, addr = infos[0]
+    return fam, str(addr[0])
+
+
+@dataclass(frozen=True)
+class RoundStats:
+    sent: int
+    received: int
+    duplicates: int
+    loss_ratio: float
+    rtt_min: float | None
+    rtt_avg: float | None
+    rtt_max: float | None
+    rtt_stddev: float | None
+    jitter: float | None  # mean |rtt[i] - rtt[i-1]| over consecutive received replies; None below 2 replies
+
+
+def stats(rtts: list[float | None], sent: int, duplicates: int = 0) -> RoundStats:
+    """The round's figures from its per-packet RTTs (None: lost), in send order."""
+    got = [r for r in rtts if r is not None]
+    loss = 1.0 - len(got) / sent if sent else 0.0
+    if not got:
+        return RoundStats(sent, 0, duplicates, loss, None, None, None, None, None)
+    avg = math.fsum(got) / len(got)
+    sd = math.sqrt(math.fsum((r - avg) ** 2 for r in got) / len(got))  # population stddev, like ping's mdev
+    jitter = math.fsum(abs(b - a) for a, b in itertools.pairwise(got)) / (len(got) - 1) if len(got) > 1 else None
+    return RoundStats(sent, len(got), duplicates, loss, min(got), avg, max(got), sd, jitter)
+
+
+def _record(cfg: IcmpConfig, rnd: Round, result: ProbeResult) -> RoundStats:
+    st = stats(rnd.rtts, rnd.sent, rnd.duplicates)
+    result.count("mogli_icmp_sent_total", st.sent)
+    result.count("mogli_icmp_received_total", st.received)
+    result.count("mogli_icmp_duplicates_total", st.duplicates)
+    for r in rnd.rtts:
+        if r is not None:
+            result.observe("mogli_icmp_rtt_seconds", r)
+    if st.sent:
+        result.gauge("mogli_icmp_loss_ratio", st.loss_ratio)
+    for name, v in (("min", st.rtt_min), ("avg", st.rtt_avg), ("max", st.rtt_max), ("stddev", st.rtt_stddev)):
+        if v is not None:
+            result.gauge(f"mogli_icmp_rtt_{name}_seconds", v)
+    if st.jitter is not None:
+        result.gauge("mogli_icmp_jitter_seconds", st.jitter)
+
+    def r9(v: float | None) -> float | None:
+        return None if v is None else round(v, 9)
+
+    result.detail.update(
+        target=cfg.name or cfg.target, address=rnd.address, sent=st.sent, received=st.received,
+        loss_ratio=round(st.loss_ratio, 6), rtt_min_s=r9(st.rtt_min), rtt_avg_s=r9(st.rtt_avg),
+        rtt_max_s=r9(st.rtt_max), rtt_stddev_s=r9(st.rtt_stddev), jitter_s=r9(st.jitter),
+    )
+    if st.duplicates:
+        result.detail["duplicates"] = st.duplicates
+    if rnd.errors:
+        result.detail["icmp_errors"] = dict(rnd.errors)
+    return st
+
+
+async def run(cfg: IcmpConfig, result: ProbeResult) -> None:
+    fam, addr = await resolve(cfg.target, cfg.family)
+    engine = get_engine()
+    kind: SocketKind = cfg.socket
+    try:
+        rnd = engine.start(addr, fam, count=cfg.count, packet_interval=cfg.packet_interval,
+                           reply_timeout=cfg.reply_timeout, size=cfg.size, tos=cfg.dscp << 2,
+                           df=cfg.dont_fragment, kind=kind)
+    except PermissionError as e:
+        raise Permission(str(e.strerror or e)) from None
+    try:
+        await rnd.future
+    finally:  # also when the runner's timeout cancels us: what was sent is recorded
+        engine.cancel(rnd)
+        st = _record(cfg, rnd, result)
+    if st.received == 0:
+        if rnd.mtu or (rnd.send_error is not None and rnd.send_error.errno == errno.EMSGSIZE):
+            mtu = f" (path MTU {rnd.mtu})" if rnd.mtu else ""
+            raise MtuExceeded(f"{cfg.size}-byte payload with don't-fragment does not fit{mtu}")
+        if rnd.errors:
+            raise Unreachable(f"no reply from {addr}; ICMP errors: " +
+                              ", ".join(f"{k} x{n}" for k, n in sorted(rnd.errors.items())))
+        if rnd.send_error is not None:
+            raise rnd.send_error
+        raise Timeout(f"no reply from {addr} to {st.sent} echo requests")

@@ -1,0 +1,220 @@
+"""The ICMP engine and probe on real sockets: loopback (127.0.0.1, ::1), raw and datagram paths.
+
+The raw path needs CAP_NET_RAW. The datagram ("ping socket") path needs the group in
+net.ipv4.ping_group_range; when this namespace does not allow it, the test opens the
+engine's sockets inside a namespace of its own where it does (needs root).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import (
+    BIN,
+    free_port,
+    need,
+    need_root,
+    sample_value,
+    scrape,
+    start_agent,
+    start_collector,
+    wait_until,
+    write_agent_config,
+    write_collector_config,
+)
+from netns import inside, netns, unique
+
+from agent.icmp.engine import ENV_SOCKET, get_engine
+from agent.probes.base import ProbeResult
+from agent.probes.icmp import IcmpConfig
+from agent.recorder import Recorder
+from agent.runner import run_probe
+
+V4, V6 = socket.AF_INET, socket.AF_INET6
+TARGETS = {V4: "127.0.0.1", V6: "::1"}
+
+
+def can_open(kind: str, family: int = V4) -> bool:
+    stype = socket.SOCK_DGRAM if kind == "dgram" else socket.SOCK_RAW
+    try:
+        socket.socket(family, stype, socket.IPPROTO_ICMP if family == V4 else socket.IPPROTO_ICMPV6).close()
+    except PermissionError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def where_kind_works(kind: str) -> Iterator[str | None]:
+    """None: this namespace allows ``kind``; else the name of a namespace that does."""
+    if can_open(kind):
+        yield None
+        return
+    need_root()
+    with netns(unique("icmpt"), ping_group_range="0 2147483647") as ns:
+        yield ns
+
+
+def open_groups(ns: str | None, kind: str, families: tuple[int, ...] = (V4, V6)) -> None:
+    """Open the running loop's engine sockets (in ``ns`` when given); probes then use them."""
+    eng = get_engine()
+    with inside(ns) if ns else contextlib.nullcontext():
+        for fam in families:
+            eng.group(fam, kind, 0, False)  # type: ignore[arg-type]
+
+
+def cfg(target: str, kind: str, **kw: object) -> IcmpConfig:
+    base: dict[str, object] = dict(count=20, packet_interval=0.005, reply_timeout=1.0, timeout=5.0)
+    base.update(kw)
+    return IcmpConfig(target=target, socket=kind, **base)  # type: ignore[arg-type]
+
+
+KINDS = ["dgram", "raw"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("family", [V4, V6], ids=["ipv4", "ipv6"])
+def test_round_on_loopback_records_every_metric(kind: str, family: int) -> None:
+    if kind == "raw":
+        need(can_open("raw"), "needs CAP_NET_RAW for raw ICMP sockets")
+    target = TARGETS[family]
+    with where_kind_works(kind) as ns:
+        async def main() -> tuple[Recorder, bool, str]:
+            open_groups(ns, kind, (family,))
+            try:
+                rec = Recorder()
+                out = await run_probe("icmp", cfg(target, kind), rec)
+                return rec, out.ok, out.reason
+            finally:
+                get_engine().close()
+
+        rec, ok, reason = asyncio.run(main())
+    assert ok, reason
+    labels = (("probe", "icmp"), ("target", target))
+    assert rec.total("mogli_icmp_sent_total", labels) == 20
+    assert rec.total("mogli_icmp_received_total", labels) == 20
+    assert rec.total("mogli_icmp_duplicates_total", labels) == 0
+    samples = {s.name: s.value for s in rec.drain() if s.labels == labels}
+    hist = samples["mogli_icmp_rtt_seconds"]
+    assert hist.count == 20  # type: ignore[union-attr]
+    assert samples["mogli_icmp_loss_ratio"] == 0
+    lo, avg, hi = (samples[f"mogli_icmp_rtt_{n}_seconds"] for n in ("min", "avg", "max"))
+    assert 0 < lo <= avg <= hi < 0.05  # type: ignore[operator]
+    assert samples["mogli_icmp_rtt_stddev_seconds"] >= 0  # type: ignore[operator]
+    assert 0 <= samples["mogli_icmp_jitter_seconds"] < 0.05  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_many_targets_share_one_socket_and_replies_go_to_the_right_round(kind: str) -> None:
+    """50 loopback addresses at once through one socket per family: every round gets its own 10 replies."""
+    if kind == "raw":
+        need(can_open("raw"), "needs CAP_NET_RAW for raw ICMP sockets")
+    targets = [f"127.7.0.{i}" for i in range(1, 41)] + [f"127.7.1.{i}" for i in range(1, 11)]
+    with where_kind_works(kind) as ns:
+        async def main() -> tuple[list[ProbeResult], int]:
+            open_groups(ns, kind)
+            from agent.probes import icmp
+
+            try:
+                results = [ProbeResult() for _ in targets]
+                await asyncio.gather(*(icmp.run(cfg(t, kind, count=10), r) for t, r in zip(targets, results,
+                                                                                            strict=True)))
+                return results, len(get_engine().groups)
+            finally:
+                get_engine().close()
+
+        results, groups = asyncio.run(main())
+    assert groups == 2  # the two families opened above, nothing per target
+    for t, r in zip(targets, results, strict=True):
+        assert (r.detail["target"], r.detail["sent"], r.detail["received"]) == (t, 10, 10)
+
+
+def test_dscp_and_dont_fragment_get_their_own_socket() -> None:
+    need(can_open("raw"), "needs CAP_NET_RAW for raw ICMP sockets")
+
+    async def main() -> tuple[Recorder, list[str], list[bool]]:
+        try:
+            rec = Recorder()
+            a = await run_probe("icmp", cfg("127.0.0.1", "raw", count=3, dscp=46), rec)
+            b = await run_probe("icmp", cfg("127.0.0.1", "raw", count=3, dont_fragment=True, size=1400), rec)
+            keys = sorted(f"{k[2]}/{k[3]}" for k in get_engine().groups)
+            return rec, keys, [a.ok, b.ok]
+        finally:
+            get_engine().close()
+
+    _, keys, oks = asyncio.run(main())
+    assert oks == [True, True]
+    assert keys == ["0/True", "184/False"]  # tos = dscp 46 << 2
+
+
+def test_socket_kind_forced_by_environment() -> None:
+    """MOGLI_ICMP_SOCKET=dgram with no ping_group_range permission: a clear 'permission' failure."""
+    need(not can_open("dgram"), "this namespace allows datagram ICMP sockets")
+    env = {**os.environ, ENV_SOCKET: "dgram"}
+    r = subprocess.run([str(BIN / "mogli-agent"), "probe", "icmp", "127.0.0.1", "--count", "1", "--json"],
+                       capture_output=True, text=True, env=env, timeout=30)
+    assert r.returncode == 1
+    assert "permission" in r.stderr and "ping_group_range" in r.stderr, r.stderr
+
+
+def test_cli_icmp_json_has_exactly_the_documented_fields() -> None:
+    need(can_open("raw") or can_open("dgram"), "needs CAP_NET_RAW or ping_group_range")
+    import json
+
+    r = subprocess.run([str(BIN / "mogli-agent"), "probe", "icmp", "127.0.0.1", "--count", "3", "--interval",
+                        "0.01", "--json"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert list(out) == ["target", "sent", "received", "loss_ratio", "rtt_min_s", "rtt_avg_s", "rtt_max_s",
+                         "rtt_stddev_s", "jitter_s"]
+    assert (out["target"], out["sent"], out["received"], out["loss_ratio"]) == ("127.0.0.1", 3, 3, 0.0)
+    assert 0 < out["rtt_min_s"] <= out["rtt_avg_s"] <= out["rtt_max_s"] < 0.05
+
+
+def test_cli_bad_count_is_a_config_error() -> None:
+    r = subprocess.run([str(BIN / "mogli-agent"), "probe", "icmp", "127.0.0.1", "--count", "0"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert "<command line>:1: count: must be >= 1, got 0" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.real
+def test_agent_reports_icmp_metrics_to_the_collector(tmp_path: Path) -> None:
+    """The whole way: `mogli-agent run` with an icmp probe -> collector -> /metrics with every icmp series."""
+    need(can_open("raw") or can_open("dgram"), "needs CAP_NET_RAW or ping_group_range")
+    port = free_port()
+    col = start_collector(tmp_path, port, write_collector_config(tmp_path, port, {"case1": "tok-1"}))
+    agent = None
+    try:
+        probes = {"icmp": [{"target": "127.0.0.1", "name": "loop4", "interval": 1, "count": 5,
+                            "packet_interval": 0.05, "reply_timeout": 0.5, "timeout": 0.9}]}
+        agent = start_agent(tmp_path, write_agent_config(tmp_path, "case1", "tok-1", port, probes))
+
+        def sent() -> float | None:
+            v = sample_value(scrape(port), "mogli_icmp_sent_total", node="case1", target="loop4")
+            return v if v is not None and v >= 10 else None
+
+        wait_until(sent, 30, "two icmp rounds at the collector")
+        text = scrape(port)
+        lb = {"node": "case1", "site": "testfest", "probe": "icmp", "target": "loop4"}
+        sent_total = sample_value(text, "mogli_icmp_sent_total", **lb)
+        assert sent_total == sample_value(text, "mogli_icmp_received_total", **lb)
+        assert sample_value(text, "mogli_icmp_duplicates_total", **lb) == 0
+        assert sample_value(text, "mogli_icmp_loss_ratio", **lb) == 0
+        assert sample_value(text, "mogli_icmp_rtt_seconds_count", **lb) == sent_total
+        assert 0 < (sample_value(text, "mogli_icmp_rtt_avg_seconds", **lb) or 0) < 0.05
+        for g in ("min", "max", "stddev"):
+            assert sample_value(text, f"mogli_icmp_rtt_{g}_seconds", **lb) is not None
+        assert sample_value(text, "mogli_icmp_jitter_seconds", **lb) is not None
+        assert sample_value(text, "mogli_probe_success", **lb) == 1
+    finally:
+        if agent is not None:
+            agent.stop()
+        col.stop()
