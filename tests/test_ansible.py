@@ -220,12 +220,12 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         "mogli_agent_collector_url": f"http://127.0.0.1:{port}/api/v1/reports",
         "mogli_agent_report_interval": 0.5,
     }
-    wheelhouse = tmp / "wheelhouse"  # one wheelhouse for both roles: the wheel is built from this tree
+    # Separate wheelhouses as by default; in tmp, built from this tree.
     common = {
         "mogli_agent_service_manage": SYSTEMD,
         "mogli_collector_service_manage": SYSTEMD,
-        "mogli_agent_wheelhouse": str(wheelhouse),
-        "mogli_collector_wheelhouse": str(wheelhouse),
+        "mogli_agent_wheelhouse": str(tmp / "wheelhouse-agent"),
+        "mogli_collector_wheelhouse": str(tmp / "wheelhouse-collector"),
         "mogli_agent_wheel_build_isolation": False,
         "mogli_collector_wheel_build_isolation": False,
         "mogli_collector_listen_host": "127.0.0.1",
@@ -358,3 +358,106 @@ def test_deployed_agent_reports_to_deployed_collector(applied: dict[str, Any]) -
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Prometheus and Alertmanager roles, applied with every path in tmp (the Debian packages are installed already)
+
+RULES = """groups:
+  - name: mogli-ci
+    rules:
+      - alert: MogliCiNodeDown
+        expr: mogli_agent_up == 0
+        for: 1m
+        labels: {severity: critical}
+        annotations: {summary: "node {{ $labels.node }} is down"}
+"""
+
+
+def test_prometheus_and_alertmanager_roles_render_checked_configs(tmp_path: Path) -> None:
+    prometheus, amtool = tool("prometheus"), tool("amtool")
+    tool("promtool")
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "mogli-ci.yml").write_text(RULES)
+    conf, am = tmp_path / "prometheus", tmp_path / "alertmanager"
+    (conf / "rules" / "mogli").mkdir(parents=True)
+    (conf / "rules" / "mogli" / "removed-from-project.yml").write_text("groups: []\n")
+    (tmp_path / "am-templates").mkdir()
+    (tmp_path / "am-templates" / "mogli.tmpl").write_text('{{ define "mogli.title" }}{{ .Status }}{{ end }}\n')
+    port = free_port()
+    central = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": "/usr/bin/python3",
+        "mogli_prometheus_install": False,
+        "mogli_prometheus_service_manage": False,
+        "mogli_prometheus_config_dir": str(conf),
+        "mogli_prometheus_defaults_file": str(conf / "default"),
+        "mogli_prometheus_rules_src": str(rules),
+        "mogli_prometheus_listen_address": f"127.0.0.1:{port}",
+        "mogli_alertmanager_install": False,
+        "mogli_alertmanager_service_manage": False,
+        "mogli_alertmanager_config_template": str(ANSIBLE_DIR / "roles/mogli_alertmanager/templates/alertmanager.yml.j2"),
+        "mogli_alertmanager_templates_src": str(tmp_path / "am-templates"),
+        "mogli_alertmanager_config_file": str(am / "alertmanager.yml"),
+        "mogli_alertmanager_templates_dir": str(am / "templates"),
+        "mogli_alertmanager_defaults_file": str(am / "default"),
+        "mogli_alertmanager_receivers": ["telegram", "email", "webhook"],
+        "mogli_alertmanager_telegram_bot_token": "123456:ci-bot-token",
+        "mogli_alertmanager_telegram_chat_id": -100123,
+        "mogli_alertmanager_email_to": ["leitstelle@example.org"],
+        "mogli_alertmanager_smtp_smarthost": "localhost:25",
+        "mogli_alertmanager_smtp_from": "mogli@example.org",
+        "mogli_alertmanager_webhook_urls": ["http://127.0.0.1:9/hook"],
+    }
+    am.mkdir()
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(yaml.safe_dump({"all": {"hosts": {"ci-central": central}}}))
+    play = tmp_path / "central.yml"
+    play.write_text(yaml.safe_dump([{"name": "central", "hosts": "ci-central", "gather_facts": False,
+                                     "roles": ["mogli_prometheus", "mogli_alertmanager"]}]))
+    r = ansible(tmp_path, "ansible-playbook", "-i", str(inv), str(play))
+    assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-2000:]
+
+    cfg = yaml.safe_load((conf / "prometheus.yml").read_text())
+    assert cfg["storage"]["tsdb"]["out_of_order_time_window"] == "2h"
+    assert cfg["rule_files"] == [f"{conf}/rules/mogli/*.yml"]
+    assert sorted(p.name for p in (conf / "rules" / "mogli").iterdir()) == ["mogli-ci.yml"]
+    job = next(j for j in cfg["scrape_configs"] if j["job_name"] == "mogli-collector")
+    assert job["honor_labels"] is True and job["static_configs"][0]["targets"] == ["127.0.0.1:9630"]
+    args = re.fullmatch(r'ARGS="(.*)"', (conf / "default").read_text().splitlines()[-1])
+    assert args, (conf / "default").read_text()
+    assert "--web.enable-remote-write-receiver" in args[1].split()
+
+    amcfg = yaml.safe_load((am / "alertmanager.yml").read_text())
+    recv = amcfg["receivers"][0]
+    assert recv["telegram_configs"][0]["bot_token"] == "123456:ci-bot-token"
+    assert recv["email_configs"][0]["to"] == "leitstelle@example.org"
+    assert recv["webhook_configs"][0]["url"] == "http://127.0.0.1:9/hook"
+    assert (am / "templates" / "mogli.tmpl").exists()
+    r2 = subprocess.run([amtool, "check-config", str(am / "alertmanager.yml")], capture_output=True, text=True)
+    assert r2.returncode == 0, r2.stdout + r2.stderr
+
+    # The rendered config and flags start a real Prometheus that loads the rules and accepts remote write.
+    (tmp_path / "data").mkdir()
+    proc = Proc([prometheus, f"--config.file={conf / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+                 *args[1].split()], tmp_path / "prometheus.log")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: http_get(f"{url}/-/ready")[0] == 200 or not proc.alive(), 60, "prometheus ready")
+        assert proc.alive(), proc.output()
+        flags = json.loads(http_get(f"{url}/api/v1/status/flags")[1])["data"]
+        assert flags["web.enable-remote-write-receiver"] == "true"
+        groups = json.loads(http_get(f"{url}/api/v1/rules")[1])["data"]["groups"]
+        assert [g["name"] for g in groups] == ["mogli-ci"]
+        # an empty remote-write request is refused as bad input (400), not as "receiver disabled" (404)
+        status, _ = http_post_raw(f"{url}/api/v1/write")
+        assert status == 400
+    finally:
+        proc.stop()
+
+
+def http_post_raw(url: str) -> tuple[int, bytes]:
+    from helpers import http_post
+
+    return http_post(url, b"", {"Content-Type": "application/x-protobuf", "Content-Encoding": "snappy"})
