@@ -125,11 +125,35 @@ def test_example_inventory_is_complete_and_vaulted(tmp_path: Path) -> None:
         assert 49.43 < hv[node]["mogli_agent_lat"] < 49.46 and 7.76 < hv[node]["mogli_agent_lon"] < 7.78, node
         assert hv[node]["mogli_agent_uplinks"], node
     # tokens resolve from the vault and are distinct
-    r = ansible(tmp_path, "ansible", "-i", str(EXAMPLE_INV), "mogli_agents", "-c", "local", "-m", "ansible.builtin.debug",
-                "-a", "msg={{ mogli_agent_token | hash('sha256') }}", "-o")
+    r = ansible(tmp_path, "ansible", "-i", str(EXAMPLE_INV), "mogli_agents", "-c", "local",
+                "-m", "ansible.builtin.debug", "-a", "msg={{ mogli_agent_token | hash('sha256') }}", "-o")
     assert r.returncode == 0, r.stdout + r.stderr
     hashes = re.findall(r'"msg": "([0-9a-f]{64})"', r.stdout)
     assert len(set(hashes)) == 6, r.stdout
+
+
+ROLES = ["mogli_agent", "mogli_collector", "mogli_prometheus", "mogli_alertmanager", "mogli_grafana"]
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_public_variable_has_an_argument_spec(role: str) -> None:
+    """defaults/ holds <role>_* only, vars/ _<role>_* only, and meta/argument_specs.yml documents each public one
+    (plus the required ones that have no default) with a type and a description."""
+    d = ANSIBLE_DIR / "roles" / role
+    defaults = yaml.safe_load((d / "defaults" / "main.yml").read_text()) or {}
+    internal = yaml.safe_load((d / "vars" / "main.yml").read_text()) or {}
+    specs = yaml.safe_load((d / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+    options = specs["main"]["options"]
+    assert all(k.startswith(f"{role}_") for k in defaults), sorted(defaults)
+    assert all(k.startswith(f"_{role}_") for k in internal), sorted(internal)
+    assert set(defaults) == {k for k, v in options.items() if not v.get("required")}, set(defaults) ^ set(options)
+    for name, opt in options.items():
+        assert opt.get("type") and opt.get("description"), name
+        if name in defaults:
+            assert opt.get("default") == defaults[name], name
+    assert specs["preflight"]["options"] == options, "site.yml's preflight entry point checks the same variables"
+    registered = set(re.findall(r"register: (\S+)", "".join(p.read_text() for p in (d / "tasks").glob("*.yml"))))
+    assert all(r.startswith(f"__{role}_") for r in registered), registered
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -148,7 +172,6 @@ GOOD_AGENT = {"mogli_agent_title": "Good", "mogli_agent_lat": 49.4443, "mogli_ag
     ],
 )
 def test_preflight_refuses_broken_inventory_before_any_change(tmp_path: Path, case: str, expected: str) -> None:
-    need_root()
     bad: dict[str, Any] = dict(GOOD_AGENT, mogli_agent_token="bad-token-0123456789abcdef")
     cameras = {"cam-good-1": {"node": "good-node", "title": "Good cam", "lat": 49.4, "lon": 7.7, "host": "127.0.0.1"}}
     if case == "camera-on-undefined-node":
@@ -363,6 +386,7 @@ def test_deployed_agent_reports_to_deployed_collector(applied: dict[str, Any]) -
 # --------------------------------------------------------------------------------------------------------------
 # Prometheus and Alertmanager roles, applied with every path in tmp (the Debian packages are installed already)
 
+AM_STANDIN = ANSIBLE_DIR / "roles" / "mogli_alertmanager" / "templates" / "alertmanager.yml.j2"
 RULES = """groups:
   - name: mogli-ci
     rules:
@@ -397,7 +421,7 @@ def test_prometheus_and_alertmanager_roles_render_checked_configs(tmp_path: Path
         "mogli_prometheus_listen_address": f"127.0.0.1:{port}",
         "mogli_alertmanager_install": False,
         "mogli_alertmanager_service_manage": False,
-        "mogli_alertmanager_config_template": str(ANSIBLE_DIR / "roles/mogli_alertmanager/templates/alertmanager.yml.j2"),
+        "mogli_alertmanager_config_template": str(AM_STANDIN),
         "mogli_alertmanager_templates_src": str(tmp_path / "am-templates"),
         "mogli_alertmanager_config_file": str(am / "alertmanager.yml"),
         "mogli_alertmanager_templates_dir": str(am / "templates"),
