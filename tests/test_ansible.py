@@ -32,6 +32,7 @@ ANSIBLE_DIR = ROOT / "deploy" / "ansible"
 EXAMPLE_INV = ANSIBLE_DIR / "inventories" / "maikerwe-2026"
 VAULT_PASS = EXAMPLE_INV / ".vault-pass-demo"
 SYSTEMD = Path("/run/systemd/system").is_dir()
+AM_STANDIN = ANSIBLE_DIR / "roles" / "mogli_alertmanager" / "templates" / "alertmanager.yml.j2"
 SKIP_CENTRAL_EXTRAS = "mogli_prometheus,mogli_alertmanager,mogli_grafana"
 
 AGENT_PATHS = [Path("/opt/mogli-agent"), Path("/etc/mogli-agent"), Path("/var/lib/mogli-agent"),
@@ -132,6 +133,21 @@ def test_example_inventory_is_complete_and_vaulted(tmp_path: Path) -> None:
     assert len(set(hashes)) == 6, r.stdout
 
 
+def test_example_inventory_passes_preflight(tmp_path: Path) -> None:
+    """`--tags preflight` checks an inventory without changing anything (every host simulated locally here)."""
+    r = ansible(tmp_path, "ansible-playbook", "-i", str(EXAMPLE_INV), "site.yml", "--tags", "preflight",
+                "-c", "local", "-e", "ansible_python_interpreter=/usr/bin/python3",
+                "-e", f"mogli_alertmanager_config_template={AM_STANDIN}",
+                "-e", json.dumps({"mogli_agent_service_manage": SYSTEMD, "mogli_collector_service_manage": SYSTEMD}))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "TASK [mogli_agent : Preflight | every camera is on a defined node" in out
+    assert "TASK [mogli_alertmanager : Preflight | every chosen receiver is configured" in out
+    rc = recap(out)
+    assert len(rc) == 7 and all(v["changed"] == 0 and v["failed"] == 0 for v in rc.values()), out
+    assert "PLAY [Operations centre | collector]" in out and "TASK [mogli_collector : Install" not in out
+
+
 ROLES = ["mogli_agent", "mogli_collector", "mogli_prometheus", "mogli_alertmanager", "mogli_grafana"]
 
 
@@ -169,6 +185,7 @@ GOOD_AGENT = {"mogli_agent_title": "Good", "mogli_agent_lat": 49.4443, "mogli_ag
         ("camera-on-undefined-node", "camera cam-ghost-1 is on node ghost, which is not a node of group mogli_agents"),
         ("node-without-coordinates", "missing required arguments: mogli_agent_lat, mogli_agent_lon"),
         ("node-without-token", "node bad-node: no usable token"),
+        ("duplicate-node-id", "node id good-node is used by more than one host in group mogli_agents"),
     ],
 )
 def test_preflight_refuses_broken_inventory_before_any_change(tmp_path: Path, case: str, expected: str) -> None:
@@ -178,8 +195,10 @@ def test_preflight_refuses_broken_inventory_before_any_change(tmp_path: Path, ca
         cameras["cam-ghost-1"] = {"node": "ghost", "title": "Ghost", "lat": 49.4, "lon": 7.7, "host": "127.0.0.1"}
     elif case == "node-without-coordinates":
         del bad["mogli_agent_lat"], bad["mogli_agent_lon"]
-    else:
+    elif case == "node-without-token":
         bad["mogli_agent_token"] = ""  # what group_vars/all/vars.yml gives a node missing from the vault
+    else:
+        bad["mogli_agent_node"] = "good-node"
     # Every path the roles would write goes to tmp, so "nothing changed" is visible on disk too.
     paths = {f"mogli_{r}_{k}": str(tmp_path / f"{r}-{k}") for r in ("agent", "collector")
              for k in ("install_dir", "config_dir")}
@@ -386,7 +405,6 @@ def test_deployed_agent_reports_to_deployed_collector(applied: dict[str, Any]) -
 # --------------------------------------------------------------------------------------------------------------
 # Prometheus and Alertmanager roles, applied with every path in tmp (the Debian packages are installed already)
 
-AM_STANDIN = ANSIBLE_DIR / "roles" / "mogli_alertmanager" / "templates" / "alertmanager.yml.j2"
 RULES = """groups:
   - name: mogli-ci
     rules:
