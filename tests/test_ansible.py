@@ -24,7 +24,19 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import BIN, ROOT, Proc, free_port, http_get, need, need_root, sample_value, tool, wait_until
+from helpers import (
+    BIN,
+    ROOT,
+    Proc,
+    free_port,
+    http_get,
+    http_post,
+    need,
+    need_root,
+    sample_value,
+    tool,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.real]
 
@@ -374,29 +386,61 @@ def test_units_are_hardened(applied: dict[str, Any]) -> None:
             assert r.returncode == 0 and not complaints, r.stdout + r.stderr
 
 
+def _run_deployed(applied: dict[str, Any], name: str) -> list[Proc]:
+    """Without systemd, start the installed collector and agent as their users (with systemd the roles did)."""
+    if SYSTEMD:
+        return []
+    runuser, tmp, port = tool("runuser"), applied["tmp"], applied["port"]
+    collector = Proc([runuser, "-u", "mogli-collector", "--", "/opt/mogli-collector/venv/bin/mogli-collector", "run",
+                      "-c", "/etc/mogli-collector/collector.yml"], tmp / f"collector-{name}.log")
+    wait_until(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200 or not collector.alive(), 30,
+               "deployed collector /healthz")
+    assert collector.alive(), collector.output()
+    agent = Proc([runuser, "-u", "mogli-agent", "--", "/opt/mogli-agent/venv/bin/mogli-agent", "run",
+                  "-c", "/etc/mogli-agent/agent.yml"], tmp / f"agent-{name}.log")
+    return [collector, agent]
+
+
+def _wait_agent_up(port: int) -> None:
+    def up() -> bool:
+        status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+        return status == 200 and sample_value(body.decode(), "mogli_agent_up", node="ci-edge", site="ci-fest") == 1
+
+    wait_until(up, 30, "mogli_agent_up{node=ci-edge} == 1 on the deployed collector")
+
+
 def test_deployed_agent_reports_to_deployed_collector(applied: dict[str, Any]) -> None:
     """The token the agent got and the hash the collector got fit: the node shows up as up."""
-    port = applied["port"]
-    procs: list[Proc] = []
+    procs = _run_deployed(applied, "first")
     try:
-        if not SYSTEMD:
-            runuser = tool("runuser")
-            tmp = applied["tmp"]
-            procs.append(Proc([runuser, "-u", "mogli-collector", "--", "/opt/mogli-collector/venv/bin/mogli-collector",
-                               "run", "-c", "/etc/mogli-collector/collector.yml"], tmp / "collector.log"))
-            wait_until(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200 or not procs[0].alive(), 30,
-                       "deployed collector /healthz")
-            assert procs[0].alive(), procs[0].output()
-            procs.append(Proc([runuser, "-u", "mogli-agent", "--", "/opt/mogli-agent/venv/bin/mogli-agent", "run",
-                               "-c", "/etc/mogli-agent/agent.yml"], tmp / "agent.log"))
-
-        def up() -> bool:
-            status, body = http_get(f"http://127.0.0.1:{port}/metrics")
-            return status == 200 and sample_value(body.decode(), "mogli_agent_up", node="ci-edge",
-                                                  site="ci-fest") == 1
-
-        wait_until(up, 30, "mogli_agent_up{node=ci-edge} == 1 on the deployed collector")
+        _wait_agent_up(applied["port"])
         assert Path("/var/lib/mogli-agent/spool.db").exists()
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+def test_token_rotation_as_documented(applied: dict[str, Any]) -> None:
+    """docs/deploy.md: new token in the inventory, re-run with the configure tags for the node and the collector:
+    only the token file and the collector config change, the old token is refused, the new one works."""
+    tmp, port, old = applied["tmp"], applied["port"], applied["token"]
+    new = "ci-edge-rotated-" + hashlib.sha256(os.urandom(16)).hexdigest()[:24]
+    inv = tmp / "hosts.yml"
+    inv.write_text(inv.read_text().replace(old, new))
+    r = ansible(tmp, "ansible-playbook", "-i", str(inv), "site.yml", "--tags",
+                "mogli_collector_configure,mogli_agent_configure", "--skip-tags", SKIP_CENTRAL_EXTRAS,
+                "--limit", "ci-edge,ci-central")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-5000:]
+    assert {h: v["changed"] for h, v in recap(out).items()} == {"ci-edge": 1, "ci-central": 1}, out
+    assert "changed: [ci-edge]" in out.split("TASK [mogli_agent : Configure | token file")[1].split("TASK")[0]
+    assert Path("/etc/mogli-agent/token").read_text().strip() == new
+    procs = _run_deployed(applied, "rotated")
+    try:
+        status, _ = http_post(f"http://127.0.0.1:{port}/api/v1/reports", b"{}",
+                              {"Authorization": f"Bearer {old}", "Content-Type": "application/json"})
+        assert status == 401
+        _wait_agent_up(port)
     finally:
         for p in reversed(procs):
             p.stop()
@@ -500,6 +544,4 @@ def test_prometheus_and_alertmanager_roles_render_checked_configs(tmp_path: Path
 
 
 def http_post_raw(url: str) -> tuple[int, bytes]:
-    from helpers import http_post
-
     return http_post(url, b"", {"Content-Type": "application/x-protobuf", "Content-Encoding": "snappy"})
