@@ -323,6 +323,14 @@ def test_agent_config_comes_from_the_inventory(applied: dict[str, Any]) -> None:
     # the inventory's probe, plus one tcp probe to the RTSP port of the camera on this node
     assert {(p["name"], p["target"]) for p in cfg["probes"]["tcp"]} == {
         ("collector", f"127.0.0.1:{applied['port']}"), ("cam-ci-1", "127.0.0.1:8554")}
+    # the camera's RTSP probe: credentials not in the URL nor the config, the password in a 0600 file
+    (rtsp,) = cfg["probes"]["rtsp"]
+    assert rtsp["target"] == "rtsp://127.0.0.1:8554/" and rtsp["username"] == "mogli"
+    pw = Path(rtsp["password_file"])
+    assert pw.read_text().strip() == "p@ss word" and _owner(pw) == ("mogli-agent", "mogli-agent", 0o600)
+    assert "p@ss word" not in Path("/etc/mogli-agent/agent.yml").read_text()
+    # each uplink gateway pinged under a name the uplink alert rules recognise
+    assert [(p["name"], p["target"]) for p in cfg["probes"]["icmp"]] == [("uplink-fibre", "127.0.0.1")]
 
 
 def test_collector_gets_token_hashes_and_inventory_file(applied: dict[str, Any]) -> None:
