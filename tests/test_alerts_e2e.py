@@ -6,8 +6,8 @@ pushes nothing; then a node outage (agent SIGSTOPped) and a probe target going d
 within 30 s, and push "resolved" after recovery. The measured latencies are printed (run with -s) and
 written to e2e-latency.json in the test's tmp dir; bench/alert_latency.py measures them over several runs.
 
-The issue asks for a 2-minute healthy period; CI uses 35 s (blips included) to stay within the suite's
-time budget. MOGLI_E2E_HEALTHY_SECONDS=120 runs the full 2 minutes.
+The healthy period is the issue's 2 minutes (blips included); MOGLI_E2E_HEALTHY_SECONDS shortens it
+for a quick local run.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from helpers import (
 )
 from rtpcam import RtpCamera
 
-HEALTHY_SECONDS = float(os.environ.get("MOGLI_E2E_HEALTHY_SECONDS", "35"))
+HEALTHY_SECONDS = float(os.environ.get("MOGLI_E2E_HEALTHY_SECONDS", "120"))
 PUSH_DEADLINE = 30.0  # the issue's promise: a real fault reaches the phone within 30 s
 
 

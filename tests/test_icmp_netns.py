@@ -40,6 +40,12 @@ class Pair:
     ip4_b: str = "10.254.0.2"
     ip6_b: str = "fd00:254::2"
 
+    def dropped(self) -> int:
+        """Packets the target namespace's nft counters dropped so far."""
+        out = subprocess.run(["ip", "netns", "exec", self.b, "nft", "list", "ruleset"], check=True, text=True,
+                             capture_output=True).stdout
+        return sum(int(m) for m in re.findall(r"counter packets (\d+)", out))
+
     def nft(self, rules: str) -> None:
         """Replace the target namespace's impairment with ``rules`` (nft syntax, one table)."""
         subprocess.run(["ip", "netns", "exec", self.b, "nft", "-f", "-"], check=True, text=True,
@@ -99,8 +105,8 @@ def loss_gauge(rec: Recorder) -> float:
 
 DROP_20 = """table inet mogli_test {
   chain input { type filter hook input priority 0;
-    icmp type echo-request numgen random mod 100 < 20 drop
-    icmpv6 type echo-request numgen random mod 100 < 20 drop
+    icmp type echo-request numgen random mod 100 < 20 counter drop
+    icmpv6 type echo-request numgen random mod 100 < 20 counter drop
   }
 }"""
 
@@ -114,8 +120,14 @@ def test_random_20_percent_drop_is_reported_within_5_points(pair: Pair, kind: st
     assert out.ok, out
     assert sent == 500
     assert loss == pytest.approx(1 - received / 500)
-    print(f"{kind}: loss {loss:.3f} with 20 % dropped")
-    assert abs(loss - 0.20) <= 0.05, f"loss {loss:.3f} with 20 % dropped ({kind})"
+    dropped = pair.dropped()
+    print(f"{kind}: loss {loss:.3f} with 20 % dropped at random (nft dropped {dropped / 500:.3f})")
+    # exact: every request nft dropped is reported lost, nothing else
+    assert 500 - received == dropped, (received, dropped)
+    # the issue's bound; nft's own randomness leaves it by more than 0.05 about once in 200 runs, so a
+    # miss is only a failure when nft really dropped close to 20 %
+    if abs(dropped / 500 - 0.20) <= 0.045:
+        assert abs(loss - 0.20) <= 0.05, f"loss {loss:.3f} with 20 % dropped ({kind})"
 
 
 @pytest.mark.parametrize("kind", KINDS)
