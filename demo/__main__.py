@@ -86,14 +86,14 @@ SCENARIOS = {
 LOSS_PERCENT = 30
 
 
-def port_or_free(preferred: int) -> int:
+def port_or_free(preferred: int = 0) -> int:
+    """preferred if it is free on 127.0.0.1, else (or when 0) any free port."""
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", preferred))
-            return preferred
         except OSError:
             s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
+        return int(s.getsockname()[1])
 
 
 def say(msg: str) -> None:
@@ -128,11 +128,12 @@ class Demo:
         self.device_port = port_or_free(8022)
         self.topo = netns.Topology([n.id for n in NODES]) if use_netns else None
         self.relays: dict[str, Relay] = {}
-        self.cam_ports = {n.id: 8554 if use_netns else port_or_free(0) for n in NODES}
+        self.cam_ports = {n.id: 8554 if use_netns else port_or_free() for n in NODES}
         self.cameras = False
         self.prometheus = shutil.which("prometheus")
         self.alertmanager = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
         self.stop = asyncio.Event()
+        self.failed = False  # a process of the demo died by itself
 
     # ------------------------------------------------------------------ addresses per mode
     def uplink_addr(self, i: int) -> str:
@@ -426,6 +427,7 @@ class Demo:
             for name, p in self.procs:
                 if p.poll() is not None:
                     say(f"{name} exited with {p.returncode}; see {self.dir / (name + '.log')}")
+                    self.failed = True
                     self.stop.set()
             if self.duration and time.monotonic() - started >= self.duration:
                 self.stop.set()
@@ -433,7 +435,8 @@ class Demo:
         for r in self.relays.values():
             await r.close()
         await hook.cleanup()
-        return await asyncio.to_thread(self.check_metrics)
+        lint = await asyncio.to_thread(self.check_metrics)
+        return 1 if self.failed else lint
 
     def check_metrics(self) -> int:
         promtool = shutil.which("promtool")

@@ -2,9 +2,10 @@
 
 In namespace mode the relay listens in the hub namespace and the link faults are nftables rules in the
 node's namespace (the relay stays clean). Without root there is one relay per node on its own loopback
-address, and the relay itself plays the faulty link: ``loss`` percent of new connections are swallowed
-(accepted, never answered: a probe times out), 100 cuts the link (open connections are closed, new ones
-swallowed).
+address, and the relay itself plays the faulty link. A connection the kernel has accepted cannot be
+"lost" any more (a TCP probe only connects), so the relay plays loss by not listening: with ``loss``
+percent it closes its port for each half-second slice (a connection attempt then fails, as one whose
+SYN got lost would), and 100 cuts the link (port closed, open connections closed).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import contextlib
 import random
 import socket
 
+SLICE = 0.5  # seconds
+
 
 class Relay:
     def __init__(self, upstream: tuple[str, int]):
@@ -21,35 +24,52 @@ class Relay:
         self.loss = 0
         self._open: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
+        self._where: tuple[str, int] | None = None
+        self._flapper: asyncio.Task[None] | None = None
 
     async def start(self, host: str = "", port: int = 0, sock: socket.socket | None = None) -> None:
         if sock is not None:
             self._server = await asyncio.start_server(self._handle, sock=sock)
         else:
-            self._server = await asyncio.start_server(self._handle, host, port)
+            self._where = (host, port)
+            await self._listen(True)
+
+    async def _listen(self, on: bool) -> None:
+        if on and self._server is None and self._where is not None:
+            self._server = await asyncio.start_server(self._handle, *self._where)
+        elif not on and self._server is not None:
+            self._server.close()
+            self._server = None
 
     def set_loss(self, percent: int) -> None:
+        """0 clean .. 100 cut; only for a relay started with host and port."""
         self.loss = percent
         if percent >= 100:
             for w in list(self._open):
                 w.close()
+        if self._flapper is None:
+            self._flapper = asyncio.create_task(self._flap())
+
+    async def _flap(self) -> None:
+        while True:
+            await self._listen(not (self.loss >= 100 or random.random() * 100 < self.loss))
+            if self.loss <= 0:
+                self._flapper = None
+                return
+            await asyncio.sleep(SLICE)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._flapper is not None:
+            self._flapper.cancel()
+        server, self._server, self._where = self._server, None, None
+        if server is not None:
+            server.close()
         for w in list(self._open):
             w.close()
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         self._open.add(w)
         try:
-            if self.loss >= 100 or random.random() * 100 < self.loss:
-                with contextlib.suppress(OSError, asyncio.TimeoutError):
-                    await asyncio.wait_for(r.read(), 30)  # swallow: read, never answer
-                return
             try:
                 ur, uw = await asyncio.open_connection(*self.upstream)
             except OSError:
