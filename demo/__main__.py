@@ -80,8 +80,8 @@ SCENARIOS = {
     "full": [Step(60, "freeze", "fruchthalle", 60), Step(150, "cut", "pfalztheater", 60),
              Step(240, "loss", "martinsplatz", 60)],
     # for tests: the faults overlap (on different nodes) so that all pushes and resolves fit in ~2 minutes
-    "short": [Step(15, "freeze", "fruchthalle", 30), Step(20, "cut", "pfalztheater", 30),
-              Step(25, "loss", "martinsplatz", 45)],
+    "short": [Step(15, "freeze", "fruchthalle", 30), Step(20, "loss", "martinsplatz", 45),
+              Step(25, "cut", "pfalztheater", 30)],
 }
 LOSS_PERCENT = 30
 
