@@ -454,6 +454,9 @@ class Demo:
         return 0 if lint.returncode == 0 and not findings else 1
 
     def cleanup(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not leave half of it behind
+        say("stopping everything (a few seconds)")
         for _, p in self.procs:
             if p.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
