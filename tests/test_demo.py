@@ -38,6 +38,7 @@ class DemoRun:
         self.p = subprocess.Popen([sys.executable, "-m", "demo"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
+        self.seen: dict[str, float] = {}  # pattern -> when this test first saw it (epoch seconds)
         self.children: dict[int, str] = {}  # pid -> /proc/pid/stat start time, so a reused pid is not confused
         self._lock = threading.Lock()
         threading.Thread(target=self._read, daemon=True).start()
@@ -77,6 +78,7 @@ class DemoRun:
             self.note_children()
             m = re.search(pattern, self.text(), re.M)
             if m:
+                self.seen.setdefault(pattern, time.time())
                 return m
             if self.p.poll() is not None:
                 break
@@ -105,16 +107,17 @@ def _preconditions() -> None:
     need(not why, why)
 
 
-def _query(prom: str, q: str) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": q}), timeout=5) as r:
+def _query(prom: str, q: str, at: float | None = None) -> list[dict[str, Any]]:
+    params = {"query": q} | ({"time": f"{at:.3f}"} if at is not None else {})
+    with urllib.request.urlopen(f"{prom}/api/v1/query?" + urllib.parse.urlencode(params), timeout=5) as r:
         data = json.load(r)
     assert data["status"] == "success", data
     result: list[dict[str, Any]] = data["data"]["result"]
     return result
 
 
-def _value(prom: str, q: str) -> float:
-    rows = _query(prom, q)
+def _value(prom: str, q: str, at: float | None = None) -> float:
+    rows = _query(prom, q, at)
     assert len(rows) == 1, f"{q}: {rows}"
     return float(rows[0]["value"][1])
 
@@ -141,6 +144,10 @@ def test_demo_scenario_pushes_and_cleans_up(tmp_path: Path) -> None:
             "uplink cut": r"PUSH {} MogliNodeSilent \[critical\] node=pfalztheater: Knoten Pfalztheater",
             "lossy link": r"PUSH {} MogliDemoUplinkLossy \[warning\] node=martinsplatz: Anbindung von Martinsplatz",
         }
+        cut = r"FAULT: the uplink of Pfalztheater is cut"
+        restored = r"RECOVERED: the link of Pfalztheater"
+        for pat in (cut, restored):
+            run.wait_for(pat, DURATION)
         for pat in expected.values():
             run.wait_for(pat.format("firing"), DURATION)
         for pat in expected.values():
@@ -156,7 +163,11 @@ def test_demo_scenario_pushes_and_cleans_up(tmp_path: Path) -> None:
         silent_for = _value(prom, 'max_over_time((time() - mogli_agent_last_report_timestamp_seconds'
                                   '{node="pfalztheater"})[3m:5s])')
         assert silent_for > 12
-        # what the agent measured while cut off reached Prometheus afterwards (spool replay)
+        # what the agent measured while cut off reached Prometheus afterwards, at the time it was measured
+        # (spool replay, remote write): its failed uplink probes in the middle of the cut
+        mid = (run.seen[cut] + run.seen[restored]) / 2
+        assert run.seen[restored] - run.seen[cut] > 20
+        assert _value(prom, 'min_over_time(mogli_probe_success{node="pfalztheater", target="uplink"}[10s])', mid) == 0
         assert _value(prom, f'increase(mogli_probe_failures_total{{node="pfalztheater", target="uplink"}}{window})') > 0
         lossy = _value(prom, f'sum(increase(mogli_probe_failures_total{{node="martinsplatz", target="uplink"}}'
                              f'{window}))')
