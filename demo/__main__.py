@@ -432,6 +432,9 @@ class Demo:
             if self.duration and time.monotonic() - started >= self.duration:
                 self.stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # agents first, while the uplinks, the collector and the cameras still run: they end their RTSP
+        # sessions and deliver their last batch
+        await asyncio.to_thread(self.stop_procs, "agent-")
         for r in self.relays.values():
             await r.close()
         await hook.cleanup()
@@ -453,24 +456,28 @@ class Demo:
         say("promtool check metrics: " + ("no findings" if lint.returncode == 0 and not findings else findings))
         return 0 if lint.returncode == 0 and not findings else 1
 
-    def cleanup(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not leave half of it behind
-        say("stopping everything (a few seconds)")
-        for _, p in self.procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    p.send_signal(signal.SIGCONT)  # a frozen camera must be able to die
-        for _, p in reversed(self.procs):
-            if p.poll() is None:
+    def stop_procs(self, prefix: str = "") -> None:
+        """SIGTERM the demo's processes whose name starts with prefix, wait for them, kill what hangs."""
+        mine = [(n, p) for n, p in reversed(self.procs) if n.startswith(prefix) and p.poll() is None]
+        if not mine:
+            return
+        say(f"stopping {'the agents' if prefix else 'everything'} (a few seconds)")
+        for _, p in mine:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGCONT)  # a frozen camera must be able to die
                 p.send_signal(signal.SIGTERM)
-        for name, p in reversed(self.procs):
+        for name, p in mine:
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
-                say(f"{name} did not stop; killing it")
+                say(f"{name} did not stop within 10 s of SIGTERM; killing it")
                 p.kill()
                 p.wait()
+
+    def cleanup(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not leave half of it behind
+        self.stop_procs()
         say("all demo processes stopped")
         if self.topo:
             failed = self.topo.down()
