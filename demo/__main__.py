@@ -489,7 +489,15 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main() -> int:
-    duration = float(os.environ["DEMO_DURATION"]) if os.environ.get("DEMO_DURATION") else None
+    duration = None
+    if os.environ.get("DEMO_DURATION"):
+        try:
+            duration = float(os.environ["DEMO_DURATION"])
+        except ValueError:
+            duration = -1
+        if not duration > 0:
+            print(f"DEMO_DURATION={os.environ['DEMO_DURATION']}: must be a number of seconds > 0", file=sys.stderr)
+            return 2
     scenario = os.environ.get("DEMO_SCENARIO", "full")
     if scenario not in SCENARIOS:
         print(f"DEMO_SCENARIO={scenario}: must be one of {', '.join(SCENARIOS)}", file=sys.stderr)
