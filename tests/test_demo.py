@@ -26,7 +26,8 @@ from helpers import ROOT, need, tool
 pytestmark = pytest.mark.real
 
 DURATION = 130  # the short scenario's last resolve comes about 90 s in
-CLEAN_NODES = ("stiftsplatz", "rathaus")  # no fault is scripted there
+CLEAN_NODES = ("stiftsplatz", "rathaus", "schillerplatz")  # no fault is scripted there; schillerplatz's switch
+# only blips (4 s every minute), which must push nothing
 
 
 class DemoRun:
@@ -168,10 +169,14 @@ def test_demo_scenario_pushes_and_cleans_up(tmp_path: Path) -> None:
         mid = (run.seen[cut] + run.seen[restored]) / 2
         assert run.seen[restored] - run.seen[cut] > 20
         assert _value(prom, 'min_over_time(mogli_probe_success{node="pfalztheater", target="uplink"}[10s])', mid) == 0
-        assert _value(prom, f'increase(mogli_probe_failures_total{{node="pfalztheater", target="uplink"}}{window})') > 0
-        lossy = _value(prom, f'sum(increase(mogli_probe_failures_total{{node="martinsplatz", target="uplink"}}'
-                             f'{window}))')
-        assert lossy >= 3
+        assert _value(prom, 'sum(mogli_probe_failures_total{node="pfalztheater", target="uplink"})') >= 10
+        lossy = _value(prom, 'sum(mogli_probe_failures_total{node="martinsplatz", target="uplink"})')
+        runs = _value(prom, 'sum(mogli_probe_runs_total{node="martinsplatz", target="uplink"})')
+        assert 5 <= lossy < runs / 2, (lossy, runs)
+        # (counters start at 0 with the demo's fresh spools; a counter that appears with its first failures
+        # shows no increase(), so the totals are compared)
+        # the switch blips were measured (and, below, pushed nothing)
+        assert _value(prom, 'sum(mogli_probe_failures_total{target="switch-schillerplatz"})') > 0
         for node in CLEAN_NODES:
             assert not _query(prom, f'mogli_probe_failures_total{{node="{node}", target="uplink"}} > 0'), node
             assert f"node={node}" not in run.text(), f"a push about {node}, where nothing happened"
