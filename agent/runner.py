@@ -65,6 +65,11 @@ async def run_probe(kind: str, pcfg: Any, rec: Recorder | None = None) -> Outcom
     try:
         await asyncio.wait_for(PROBES[kind].run(pcfg, result), pcfg.timeout)
         ok, reason = True, ""
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # Python 3.11's wait_for can swallow a cancel that races the probe's completion;
+            # re-raise it so a stopping agent stops now (seen as a 10 s SIGTERM hang in the demo)
+            raise asyncio.CancelledError
     except asyncio.CancelledError:
         raise
     except Exception as e:  # a failure is data: it becomes the reason label

@@ -23,6 +23,9 @@ DOC = ROOT / "docs" / "benchmarks.md"
 RAW = ROOT / "docs" / "benchmarks.json"
 
 
+HELPERS: set[str] = set()  # modules in bench/ that are not benchmarks themselves
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -84,7 +87,8 @@ def render(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    names = argv or sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]))
+    names = argv or sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+                           if not m.name.startswith("_") and m.name not in HELPERS)
     results: dict[str, dict[str, Any]] = json.loads(RAW.read_text()) if RAW.exists() else {}
     failed = 0
     for name in names:

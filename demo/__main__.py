@@ -411,7 +411,7 @@ class Demo:
         if self.alertmanager:
             say(f"Alertmanager  http://127.0.0.1:{self.am_port}/")
         grafana = ROOT / "deploy" / "grafana" / "provisioning"
-        say(f"Grafana provisioning: {grafana}" + ("" if grafana.exists() else " (not on this branch yet)"))
+        say(f"Grafana provisioning: {grafana}" + ("" if grafana.exists() else " (missing)"))
         say(f"incident staff webhook http://127.0.0.1:{self.hook_port}/alertmanager (pushes are printed here)")
         say(f"logs and configs in {self.dir}")
         say("Ctrl-C stops" + (f"; stopping by itself after {self.duration:.0f} s" if self.duration else ""))
