@@ -101,7 +101,7 @@ class Renderer:
         return out
 
     def steps(self, snap: Snapshot, inv: Inventory | None, writer: Writer | None, pending: int,
-              openmetrics: bool, step: int = 2000) -> Generator[None, None, bytes]:
+              openmetrics: bool, step: int = 1000) -> Generator[None, None, bytes]:
         if len(self._prefix) > 4 * sum(len(n.series) for n in snap.nodes.values()) + 10_000:
             self._prefix.clear()  # series came and went (cameras replaced): start over
         chunks: dict[str, list[str]] = {}
@@ -118,6 +118,7 @@ class Renderer:
         # the agents' series
         p = self._p
         done = 0
+        folded: dict[str, int] = {}
         for node_id in sorted(snap.nodes):
             n = snap.nodes[node_id]
             if not snap.live(n):
@@ -126,6 +127,12 @@ class Renderer:
             for (name, labels), (value, _ts) in sorted(n.series.items()):
                 done += 1
                 if done % step == 0:
+                    # fold each family's new lines into one segment, so no single step joins them all
+                    for fam_name, lines in chunks.items():
+                        k = folded.get(fam_name, 0)
+                        if len(lines) - k > 1:
+                            lines[k:] = ["".join(lines[k:])]
+                        folded[fam_name] = min(k + 1, len(lines))
                     yield
                 if name not in METRICS:
                     continue
@@ -139,10 +146,10 @@ class Renderer:
                     out.append(f"{p(name + '_sum', labels, node_id, site)}{floatToGoString(value.sum)}\n")
                 else:
                     out.append(f"{p(name, labels, node_id, site)}{floatToGoString(value)}\n")
-        body = "".join("".join(chunks[k]) for k in sorted(chunks))
+        parts = ["".join(chunks[k]).encode() for k in sorted(chunks)]
         if openmetrics:
-            body += "# EOF\n"
-        return body.encode()
+            parts.append(b"# EOF\n")
+        return b"".join(parts)
 
 
 # Content types (as prometheus-client's choose_encoder names them) the fast path renders.
