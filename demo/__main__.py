@@ -410,7 +410,7 @@ class Demo:
             say(f"Prometheus    http://127.0.0.1:{self.prom_port}/alerts")
         if self.alertmanager:
             say(f"Alertmanager  http://127.0.0.1:{self.am_port}/")
-        grafana = ROOT / "deploy" / "grafana" / "provisioning"
+        grafana = ROOT / "grafana" / "provisioning"
         say(f"Grafana provisioning: {grafana}" + ("" if grafana.exists() else " (missing)"))
         say(f"incident staff webhook http://127.0.0.1:{self.hook_port}/alertmanager (pushes are printed here)")
         say(f"logs and configs in {self.dir}")
