@@ -197,3 +197,5 @@ _METRICS = [
 ]
 
 METRICS: dict[str, MetricSpec] = {m.name: m for m in _METRICS}
+# Label names of each metric in sorted order, as samples carry them (checked for every recorded sample).
+SORTED_LABELS: dict[str, tuple[str, ...]] = {m.name: tuple(sorted(m.labels)) for m in _METRICS}

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from agent.catalog import METRICS, RTT_BUCKETS
+from agent.catalog import METRICS, RTT_BUCKETS, SORTED_LABELS
 from agent.wire import Histogram, Sample
 
 Labels = tuple[tuple[str, str], ...]
@@ -47,11 +47,16 @@ class Recorder:
         self._hists: dict[SeriesKey, _Hist] = {}
         self._buckets = buckets or {}
         self._pending: list[Sample] = []
+        self._checked: set[SeriesKey] = set()
 
     def _check(self, name: str, labels: Labels) -> None:
-        spec = METRICS[name]  # KeyError: a metric missing from the catalog is a bug
-        if tuple(sorted(spec.labels)) != tuple(k for k, _ in labels):
-            raise ValueError(f"{name}: labels {[k for k, _ in labels]} != catalog {list(spec.labels)}")
+        """Every series is checked against the catalog once; later samples of it only look it up."""
+        key = (name, labels)
+        if key in self._checked:
+            return
+        if SORTED_LABELS[name] != tuple(k for k, _ in labels):  # KeyError: a metric missing from the catalog
+            raise ValueError(f"{name}: labels {[k for k, _ in labels]} != catalog {list(METRICS[name].labels)}")
+        self._checked.add(key)
 
     def gauge(self, name: str, labels: Labels, value: float, ts: float) -> None:
         self._check(name, labels)

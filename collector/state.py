@@ -10,10 +10,12 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from agent.catalog import METRICS
 from agent.wire import Histogram, Report, Sample
 from collector.store import Store
 
 Labels = tuple[tuple[str, str], ...]
+COUNTERS = frozenset(m.name for m in METRICS.values() if m.type == "counter")
 SeriesKey = tuple[str, Labels]
 
 
@@ -29,6 +31,8 @@ class NodeState:
     clock_offset: float | None = None  # agent clock minus collector clock, seconds
     clock_corrected: bool = False
     late_samples: int = 0
+    # each counter series' value before its latest update: the increase over the last report
+    previous: dict[SeriesKey, float | Histogram] = field(default_factory=dict)
     clock_estimates: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=8))
 
 
@@ -109,6 +113,8 @@ class State:
             key = (s.name, s.labels)
             cur = series.get(key)
             if cur is None or s.ts >= cur[1]:
+                if cur is not None and s.name in COUNTERS:
+                    node.previous[key] = cur[0]
                 series[key] = (s.value, s.ts)
             if s.ts < late_before:
                 late.append(s)

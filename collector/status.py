@@ -36,8 +36,6 @@ class StatusTracker:
 
     nodes: dict[str, Tracked] = field(default_factory=dict)
     cameras: dict[str, Tracked] = field(default_factory=dict)
-    # previous (packets, lost) per camera for the loss ratio between reports
-    counters: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
     def track(self, table: dict[str, Tracked], key: str, state: str, now: float) -> Tracked:
         t = table.get(key)
@@ -46,46 +44,67 @@ class StatusTracker:
         return t
 
 
-def _values(n: NodeState, name: str) -> dict[str, float]:
-    """The named metric's values on one node keyed by their camera / target label."""
-    out = {}
-    for (metric, labels), (value, _ts) in n.series.items():
-        if metric == name and isinstance(value, int | float):
-            d = dict(labels)
-            out[d.get("camera") or d.get("target") or ""] = float(value)
-    return out
+Index = dict[str, dict[str, float]]
 
 
-def camera_state(tr: StatusTracker, cam: str, n: NodeState | None, live: bool) -> tuple[str, dict[str, Any]]:
-    if n is None or not live:
-        return "down", {"why": "node down"}
-    pkt_age = _values(n, "mogli_rtp_last_packet_age_seconds").get(cam)
-    frame_age = _values(n, "mogli_rtp_last_frame_age_seconds").get(cam)
-    packets = _values(n, "mogli_rtp_packets_total").get(cam)
-    lost = _values(n, "mogli_rtp_lost_packets_total").get(cam, 0.0)
-    rtsp_ok = None
-    for (metric, labels), (value, _ts) in n.series.items():
+@dataclass
+class NodeIndex:
+    """One pass over a node's series: metric -> {camera or target label: value}."""
+
+    cur: Index = field(default_factory=dict)
+    prev: Index = field(default_factory=dict)  # each counter's value before its latest report
+    uplink: str | None = None  # interface of the default route in use
+
+
+def _index(n: NodeState) -> NodeIndex:
+    idx = NodeIndex()
+    for key, (value, _ts) in n.series.items():
+        if not isinstance(value, int | float):
+            continue
+        metric, labels = key
         d = dict(labels)
-        if metric == "mogli_probe_success" and d.get("probe") == "rtsp" and d.get("target") == cam:
-            rtsp_ok = value == 1
-    fps = _values(n, "mogli_rtp_frames_per_second").get(cam)
-    info: dict[str, Any] = {"fps": fps, "last_packet_age_s": pkt_age, "last_frame_age_s": frame_age,
-                            "rtsp_ok": rtsp_ok}
+        if metric == "mogli_uplink_info":
+            if value == 1 and idx.uplink is None:
+                idx.uplink = d.get("interface")
+            continue
+        if metric == "mogli_probe_success" and d.get("probe") != "rtsp":
+            continue  # only the RTSP probe's success says something about a camera
+        who = d.get("camera") or d.get("target") or ""
+        idx.cur.setdefault(metric, {})[who] = float(value)
+        before = n.previous.get(key)
+        if isinstance(before, int | float):
+            idx.prev.setdefault(metric, {})[who] = float(before)
+    return idx
+
+
+def camera_state(cam: str, live: bool, idx: NodeIndex | None) -> tuple[str, dict[str, Any]]:
+    if not live or idx is None:
+        return "down", {"why": "node down"}
+    cur, prev = idx.cur, idx.prev
+
+    def v(metric: str, of: Index = cur) -> float | None:
+        return of.get(metric, {}).get(cam)
+
+    pkt_age = v("mogli_rtp_last_packet_age_seconds")
+    frame_age = v("mogli_rtp_last_frame_age_seconds")
+    success = v("mogli_probe_success")
+    rtsp_ok = None if success is None else success == 1
+    info: dict[str, Any] = {"fps": v("mogli_rtp_frames_per_second"), "last_packet_age_s": pkt_age,
+                            "last_frame_age_s": frame_age, "rtsp_ok": rtsp_ok}
     if pkt_age is None and rtsp_ok is None:
         return "unknown", info
     if (pkt_age is not None and pkt_age > DOWN_AFTER) or (pkt_age is None and rtsp_ok is False):
         return "down", info
     if frame_age is not None and frame_age > FROZEN_AFTER:
         return "frozen", info
+    packets, lost = v("mogli_rtp_packets_total"), v("mogli_rtp_lost_packets_total") or 0.0
+    packets_before = v("mogli_rtp_packets_total", prev)
     if packets is not None:
-        prev = tr.counters.get(cam)
         ratio = 0.0
-        if prev is not None:
-            ratio = prev[2]
-            if packets > prev[0]:
-                dlost = max(0.0, lost - prev[1])
-                ratio = dlost / (packets - prev[0] + dlost)
-        tr.counters[cam] = (packets, lost, ratio)
+        if packets_before is not None:  # over the camera's last report
+            dlost = max(0.0, lost - (v("mogli_rtp_lost_packets_total", prev) or 0.0))
+            seen = max(0.0, packets - packets_before) + dlost
+            ratio = dlost / seen if seen else 0.0
         info["loss_ratio"] = ratio
         if ratio > LOSSY_RATIO:
             return "lossy", info
@@ -94,6 +113,7 @@ def camera_state(tr: StatusTracker, cam: str, n: NodeState | None, live: bool) -
 
 def status(snap: Snapshot, inv: Inventory | None, tr: StatusTracker) -> dict[str, Any]:
     now = snap.now
+    idx = {nid: _index(n) for nid, n in snap.nodes.items()}
     node_ids = set(snap.nodes) | (set(inv.nodes) if inv else set())
     nodes = []
     for nid in sorted(node_ids):
@@ -112,10 +132,9 @@ def status(snap: Snapshot, inv: Inventory | None, tr: StatusTracker) -> dict[str
             "last_seen": n.last_report if n and n.last_report else None,
         }
         if n is not None and live:
-            uplinks = [dict(lb) for (m, lb), _ in n.series.items() if m == "mogli_uplink_info"]
-            entry["uplink"] = uplinks[0].get("interface") if uplinks else None
-            loss = _values(n, "mogli_icmp_loss_ratio")
-            rtt = _values(n, "mogli_icmp_rtt_avg_seconds")
+            entry["uplink"] = idx[nid].uplink
+            loss = idx[nid].cur.get("mogli_icmp_loss_ratio", {})
+            rtt = idx[nid].cur.get("mogli_icmp_rtt_avg_seconds", {})
             if loss:
                 worst = max(loss, key=lambda k: loss[k])
                 entry["link"] = {"target": worst, "loss_ratio": loss[worst], "rtt_avg_s": rtt.get(worst)}
@@ -124,17 +143,18 @@ def status(snap: Snapshot, inv: Inventory | None, tr: StatusTracker) -> dict[str
     cams: dict[str, tuple[str, str]] = {}  # camera -> (node, title)
     if inv:
         cams.update({c: (e.node, e.title or c) for c, e in inv.cameras.items()})
-    for nid, n in snap.nodes.items():
-        for (m, labels), _ in n.series.items():
-            cam = dict(labels).get("camera")
-            if m.startswith("mogli_rtp_") and cam and cam not in cams:
-                cams[cam] = (nid, cam)
+    for nid, ni in idx.items():  # cameras measured but not in the inventory
+        for metric, values in ni.cur.items():
+            if metric.startswith("mogli_rtp_"):
+                for cam in values:
+                    if cam:
+                        cams.setdefault(cam, (nid, cam))
     cameras = []
     for cam in sorted(cams):
         nid, title = cams[cam]
         n = snap.nodes.get(nid)
         live = n is not None and snap.live(n)
-        state, info = camera_state(tr, cam, n, live)
+        state, info = camera_state(cam, live, idx.get(nid))
         t = tr.track(tr.cameras, cam, state, now)
         cameras.append({"camera": cam, "node": nid, "title": title, "state": state, "since": t.since, **info})
     return {"now": now, "nodes": nodes, "cameras": cameras}

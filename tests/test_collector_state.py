@@ -102,3 +102,34 @@ def test_negative_skew_too(tmp_path: Path, skew: float) -> None:
         assert offset is not None and abs(offset - skew) < 1.0
     finally:
         col.stop()
+
+
+def test_camera_loss_is_judged_over_its_last_report_not_between_page_views() -> None:
+    from collector.state import State
+    from collector.status import StatusTracker, status
+    from collector.store import Store
+
+    st = State(Store(":memory:"), stale_after=60)
+    t = time.time()
+
+    def report(seq: int, packets: float, lost: float) -> None:
+        cam = (("camera", "cam-1"),)
+        st.apply(wire.Report("stiftsplatz", "s", "abcdabcdabcdabcd", seq, t, (
+            wire.Sample("mogli_rtp_packets_total", cam, packets, t + seq),
+            wire.Sample("mogli_rtp_lost_packets_total", cam, lost, t + seq),
+            wire.Sample("mogli_rtp_last_packet_age_seconds", cam, 0.1, t + seq),
+            wire.Sample("mogli_rtp_last_frame_age_seconds", cam, 0.1, t + seq))), t + seq)
+
+    def cam_state() -> dict:
+        (c,) = status(st.snapshot(time.time()), None, StatusTracker())["cameras"]
+        return c
+
+    report(1, 1000, 0)
+    assert cam_state()["state"] == "ok"
+    report(2, 1900, 100)  # 100 of the last 1000 packets lost
+    c = cam_state()
+    assert c["state"] == "lossy" and c["loss_ratio"] == pytest.approx(0.1)
+    # a fresh tracker (another phone, a collector page reload) sees the same: the state lives in the reports
+    assert cam_state()["loss_ratio"] == pytest.approx(0.1)
+    report(3, 2900, 100)
+    assert cam_state()["state"] == "ok"
