@@ -71,18 +71,11 @@ def _load(path: str) -> Any:
     return config.load(path)
 
 
-def _config_errors(e: ConfigErrors) -> int:
-    for err in e.errors:
-        print(err, file=sys.stderr)
-    print(f"{len(e.errors)} error(s)", file=sys.stderr)
-    return EXIT_CONFIG
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         _load(args.config)
     except ConfigErrors as e:
-        return _config_errors(e)
+        return e.print()
     print("OK")
     return 0
 
@@ -105,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = _load(args.config)
     except ConfigErrors as e:
-        return _config_errors(e)
+        return e.print()
     logging.basicConfig(
         level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -137,7 +130,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         try:
             cfg = _load(args.config)
         except ConfigErrors as e:
-            return _config_errors(e)
+            return e.print()
         jobs = probe_list(cfg)
     elif args.kind:
         pk = PROBES[args.kind]
@@ -153,7 +146,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
             pcfg = load_text(json.dumps({k: v for k, v in given.items() if v is not None}), pk.config,
                              "<command line>")
         except ConfigErrors as e:
-            return _config_errors(e)
+            return e.print()
         jobs = [(args.kind, pcfg)]
     else:
         print("mogli-agent probe: give -c FILE --once, or KIND TARGET", file=sys.stderr)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -44,6 +45,13 @@ class ConfigErrors(Exception):
     def __init__(self, errors: list[ConfigError]):
         self.errors = errors
         super().__init__("\n".join(str(e) for e in errors))
+
+    def print(self) -> int:
+        """Every error on stderr, then the count; returns the exit code for a bad config (2)."""
+        for err in self.errors:
+            print(err, file=sys.stderr)
+        print(f"{len(self.errors)} error(s)", file=sys.stderr)
+        return 2
 
 
 def check(

@@ -28,13 +28,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _errors(e: ConfigErrors) -> int:
-    for err in e.errors:
-        print(err, file=sys.stderr)
-    print(f"{len(e.errors)} error(s)", file=sys.stderr)
-    return EXIT_CONFIG
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "add-agent":
@@ -58,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.inventory:
             inv = inventory.load(Path(args.config).parent / cfg.inventory)
     except ConfigErrors as e:
-        return _errors(e)
+        return e.print()
     if args.cmd == "check-config":
         print("OK")
         return 0

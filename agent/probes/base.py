@@ -8,7 +8,9 @@ success, duration, timeout and the failure ``reason`` label.
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import socket
 import ssl
 from dataclasses import dataclass, field
 
@@ -76,6 +78,18 @@ def reason_of(exc: BaseException) -> str:
             return "connection"
         return "oserror"
     return "error"
+
+
+async def resolve(host: str, port: int | None = None, family: int = socket.AF_UNSPEC,
+                  socktype: int = socket.SOCK_STREAM) -> tuple[int, str]:
+    """(address family, address) of the first answer of the system resolver; failure is ``resolve``."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, family=family, type=socktype)
+    except socket.gaierror as e:
+        raise ResolveError(f"cannot resolve {host}: {e.strerror}") from None
+    fam, _, _, _, addr = infos[0]
+    return fam, str(addr[0])
 
 
 Labels = tuple[tuple[str, str], ...]

@@ -8,7 +8,6 @@ back); its sent/received totals are recorded all the same. See docs/probes/icmp.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import ipaddress
 import itertools
@@ -20,6 +19,7 @@ from typing import Literal
 from agent.confload import check
 from agent.icmp.engine import Round, SocketKind, get_engine
 from agent.probes.base import Permission, ProbeError, ProbeResult, ResolveError, Timeout, Unreachable
+from agent.probes.base import resolve as resolve_host
 
 
 class MtuExceeded(ProbeError):
@@ -74,13 +74,7 @@ async def resolve(target: str, family: str) -> tuple[int, str]:
         if want not in (socket.AF_UNSPEC, fam):
             raise ResolveError(f"{target} is not an {family} address")
         return fam, target if "%" in target else str(ip)
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(target, None, family=want, type=socket.SOCK_DGRAM)
-    except socket.gaierror as e:
-        raise ResolveError(f"cannot resolve {target}: {e.strerror}") from None
-    fam, _, _, _, addr = infos[0]
-    return fam, str(addr[0])
+    return await resolve_host(target, None, want, socket.SOCK_DGRAM)
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,7 @@ from urllib.parse import urlsplit
 
 from agent import __version__
 from agent.confload import check
-from agent.probes.base import ProbeError, ProbeResult, ProtocolError, reason_of
-from agent.probes.tcp import resolve
+from agent.probes.base import ProbeError, ProbeResult, ProtocolError, reason_of, resolve
 from agent.rtsp.protocol import (
     Authenticator,
     AuthError,

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 import time
 from dataclasses import dataclass, field
 
 from agent.confload import check
-from agent.probes.base import ProbeResult, ResolveError
+from agent.probes.base import ProbeResult, resolve
 
 
 def _hostport(v: str) -> str | None:
@@ -40,16 +39,6 @@ class TcpConfig:
 def split_hostport(target: str) -> tuple[str, int]:
     host, _, port = target.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-async def resolve(host: str, port: int, family: int = socket.AF_UNSPEC) -> tuple[int, str]:
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
-        raise ResolveError(f"cannot resolve {host}: {e.strerror}") from None
-    fam, _, _, _, addr = infos[0]
-    return fam, str(addr[0])
 
 
 async def run(cfg: TcpConfig, result: ProbeResult) -> None:
