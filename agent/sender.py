@@ -118,11 +118,11 @@ class Sender:
 
     def pick(self, now: float) -> tuple[Batch | None, bool]:
         """The batch to send next and whether it is live (fresh) rather than backlog."""
-        newest = self.spool.newest()
-        if newest is None:
+        created = self.spool.newest_created()  # a replay must not read the newest body on every pick
+        if created is None:
             return None, False
-        if now - newest.created <= self.live_window:
-            return newest, True
+        if now - created <= self.live_window:
+            return self.spool.newest(), True
         return self.spool.oldest(), False
 
     @property

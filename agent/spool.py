@@ -110,13 +110,21 @@ class Spool:
         if dropped:
             self._set("dropped", str(int(self._meta("dropped") or "0") + dropped))
 
-    def oldest(self) -> Batch | None:
-        row = self.db.execute("SELECT seq, created, samples, body FROM batches ORDER BY seq LIMIT 1").fetchone()
+    def _first(self, order: str) -> Batch | None:
+        sql = f"SELECT seq, created, samples, body FROM batches ORDER BY seq {order} LIMIT 1"
+        row = self.db.execute(sql).fetchone()
         return None if row is None else Batch(int(row[0]), float(row[1]), int(row[2]), bytes(row[3]))
 
+    def oldest(self) -> Batch | None:
+        return self._first("ASC")
+
     def newest(self) -> Batch | None:
-        row = self.db.execute("SELECT seq, created, samples, body FROM batches ORDER BY seq DESC LIMIT 1").fetchone()
-        return None if row is None else Batch(int(row[0]), float(row[1]), int(row[2]), bytes(row[3]))
+        return self._first("DESC")
+
+    def newest_created(self) -> float | None:
+        """When the newest batch was cut, without reading its body."""
+        row = self.db.execute("SELECT created FROM batches ORDER BY seq DESC LIMIT 1").fetchone()
+        return None if row is None else float(row[0])
 
     def oldest_seq(self) -> int | None:
         row = self.db.execute("SELECT MIN(seq) FROM batches").fetchone()

@@ -61,8 +61,10 @@ class Store:
         self.db.execute("PRAGMA synchronous=FULL")  # an ack is a promise: fsync before it
         self.db.executescript(SCHEMA)
         self.streams: dict[tuple[str, str], StreamState] = {}
+        self._missing: dict[str, int] = {}  # per node, over all its streams (read on every scrape)
         for node, stream, floor, missing in self.db.execute("SELECT node, stream, floor, missing FROM streams"):
             self.streams[(node, stream)] = StreamState(int(floor), int(missing))
+            self._missing[node] = self._missing.get(node, 0) + int(missing)
         for node, stream, seq in self.db.execute("SELECT node, stream, seq FROM applied"):
             self.streams.setdefault((node, stream), StreamState()).applied.add(int(seq))
 
@@ -71,7 +73,7 @@ class Store:
         return st is not None and st.seen(seq)
 
     def missing(self, node: str) -> int:
-        return sum(st.missing for (n, _), st in self.streams.items() if n == node)
+        return self._missing.get(node, 0)
 
     def commit(self, node: str, stream: str, seq: int, oldest: int | None = None,
                backfill: Sequence[tuple[int, bytes]] = ()) -> int:
@@ -110,6 +112,8 @@ class Store:
             self.db.execute("ROLLBACK")
             raise
         self.streams[key] = StreamState(floor, st.missing + newly_missing, applied)
+        if newly_missing:
+            self._missing[node] = self._missing.get(node, 0) + newly_missing
         return newly_missing
 
     def next_backfill(self) -> tuple[int, bytes, int] | None:
