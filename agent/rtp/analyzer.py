@@ -87,6 +87,11 @@ JSON_FIELDS = (
 )
 
 
+
+def _record_unpackers(endian: str) -> tuple[Callable[..., tuple[Any, ...]], ...]:
+    """unpack_from of a pcap record header, a pcapng block header, an EPB and an obsolete packet block."""
+    return tuple(struct.Struct(endian + f).unpack_from for f in ("IIII", "II", "IIIII", "HHIIII"))
+
 class Stream:
     """Running totals of one RTP stream. Public fields are read by the CLI and the live probe."""
 
@@ -295,10 +300,7 @@ class Analyzer:
         """
         mode = 1 if info.kind == "pcapng" else 2 if info.kind == "tpacket3" else 0
         endian = info.endian
-        rec_u = struct.Struct(endian + "IIII").unpack_from
-        blk_u = struct.Struct(endian + "II").unpack_from
-        epb_u = struct.Struct(endian + "IIIII").unpack_from
-        opb_u = struct.Struct(endian + "HHIIII").unpack_from
+        rec_u, blk_u, epb_u, opb_u = _record_unpackers(endian)
         tp_u = _TPACKET3.unpack_from
         fast_u = _FAST.unpack_from
         rtp_u = _RTP.unpack_from
@@ -359,10 +361,7 @@ class Analyzer:
                         break
                     if info.endian != endian:
                         endian = info.endian
-                        rec_u = struct.Struct(endian + "IIII").unpack_from
-                        blk_u = struct.Struct(endian + "II").unpack_from
-                        epb_u = struct.Struct(endian + "IIIII").unpack_from
-                        opb_u = struct.Struct(endian + "HHIIII").unpack_from
+                        rec_u, blk_u, epb_u, opb_u = _record_unpackers(endian)
                     ifaces = info.interfaces
                     continue
                 if blen < 12 or blen & 3 or blen > MAX_RECORD + 64:
