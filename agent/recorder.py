@@ -9,6 +9,7 @@ they survive a restart of the agent.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import math
 from collections.abc import Iterable
@@ -34,11 +35,8 @@ class _Hist:
         self.sum += v
 
     def snapshot(self) -> Histogram:
-        cum, out = 0, []
-        for le, c in zip((*self.bounds, math.inf), self.counts, strict=True):
-            cum += c
-            out.append((le, float(cum)))
-        return Histogram(tuple(out), self.sum, float(cum))
+        cum = list(map(float, itertools.accumulate(self.counts)))
+        return Histogram(tuple(zip((*self.bounds, math.inf), cum, strict=True)), self.sum, cum[-1])
 
 
 class Recorder:
@@ -69,6 +67,24 @@ class Recorder:
         total = self._totals.get(key, 0.0) + amount
         self._totals[key] = total
         self._pending.append(Sample(name, labels, total, ts))
+
+    def values(self, labels: Labels, ts: float, gauges: Iterable[tuple[str, float]],
+               counters: Iterable[tuple[str, float]] = ()) -> None:
+        """Gauges and counter increments of one label set at one time (a probe run's own values):
+        what :meth:`gauge` and :meth:`inc` do for each, in one call."""
+        checked, pending, totals = self._checked, self._pending, self._totals
+        for name, value in gauges:
+            if (name, labels) not in checked:
+                self._check(name, labels)
+            if math.isfinite(value):
+                pending.append(Sample(name, labels, float(value), ts))
+        for name, amount in counters:
+            key = (name, labels)
+            if key not in checked:
+                self._check(name, labels)
+            total = totals.get(key, 0.0) + amount
+            totals[key] = total
+            pending.append(Sample(name, labels, total, ts))
 
     def set_total(self, name: str, labels: Labels, value: float, ts: float) -> None:
         """Record a counter kept elsewhere (a kernel counter) at its cumulative ``value``.

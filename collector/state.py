@@ -109,7 +109,7 @@ class State:
         late_before = now - self.late_after
         for s in r.samples:
             if shift:
-                s = replace(s, ts=s.ts - shift)
+                s = s._replace(ts=s.ts - shift)
             key = (s.name, s.labels)
             cur = series.get(key)
             if cur is None or s.ts >= cur[1]:

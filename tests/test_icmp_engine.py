@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import socket
 import subprocess
@@ -35,7 +36,7 @@ from agent.icmp.engine import ENV_SOCKET, get_engine
 from agent.probes.base import ProbeResult
 from agent.probes.icmp import IcmpConfig
 from agent.recorder import Recorder
-from agent.runner import run_probe
+from agent.runner import IcmpFleet, run_probe
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 TARGETS = {V4: "127.0.0.1", V6: "::1"}
@@ -183,6 +184,54 @@ def test_cli_bad_count_is_a_config_error() -> None:
     assert r.returncode == 2
     assert "<command line>:1: count: must be >= 1, got 0" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def run_fleet(cfgs: list[IcmpConfig], seconds: float) -> Recorder:
+    """The agent's ICMP fleet (every IP-address ICMP probe, rounds started by the engine) for ``seconds``."""
+    async def main() -> Recorder:
+        rec = Recorder()
+        task = asyncio.create_task(IcmpFleet(cfgs, rec).run())
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            get_engine().close()
+        return rec
+
+    return asyncio.run(main())
+
+
+def test_fleet_runs_rounds_on_their_interval_and_records_what_the_probe_records() -> None:
+    """Three loopback targets through the fleet for 2.2 s at a 0.5 s interval: every round is recorded
+    with the same series a single run of the probe records, totals add up, rounds keep their spacing."""
+    need(can_open("raw") or can_open("dgram"), "needs CAP_NET_RAW or ping_group_range")
+    conf = dict(interval=0.5, count=3, packet_interval=0.05, reply_timeout=0.2, timeout=0.45)
+    targets = ["127.0.0.1", "127.7.2.1", "::1"]
+    cfgs = [IcmpConfig(target=t, name=f"t{i}", **conf) for i, t in enumerate(targets)]  # type: ignore[arg-type]
+    rec = run_fleet(cfgs, 2.2)
+    samples = rec.drain()
+
+    async def one() -> set[str]:
+        single = Recorder()
+        try:
+            await run_probe("icmp", IcmpConfig(target="127.0.0.1", name="t0", **conf), single)  # type: ignore[arg-type]
+        finally:
+            get_engine().close()
+        return {s.name for s in single.drain()}
+
+    expected = asyncio.run(one())
+    for i in range(3):
+        lb = (("probe", "icmp"), ("target", f"t{i}"))
+        runs = rec.total("mogli_probe_runs_total", lb)
+        assert 4 <= runs <= 5, (targets[i], runs)  # a round every 0.5 s after a start offset below 0.5 s
+        assert rec.total("mogli_icmp_sent_total", lb) == 3 * runs
+        assert rec.total("mogli_icmp_received_total", lb) == 3 * runs
+        assert {s.name for s in samples if s.labels == lb} == expected
+        ts = sorted({s.ts for s in samples if s.labels == lb})
+        assert all(0.4 < b - a < 0.6 for a, b in itertools.pairwise(ts)), ts  # round starts 0.5 s apart
+        assert [s.value for s in samples if s.labels == lb and s.name == "mogli_probe_success"] == [1.0] * int(runs)
 
 
 @pytest.mark.real

@@ -263,3 +263,47 @@ def test_dscp_is_set_on_the_wire(pair: Pair, kind: str) -> None:
         assert ef.ok and ef.detail["received"] == 3, ef
         be, _ = probe(pair, kind, target, count=3, packet_interval=0.01, reply_timeout=0.3, timeout=2.0)
         assert (be.ok, be.reason, be.detail["received"]) == (False, "timeout", 0), be
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fleet_gives_each_target_its_own_outcome(pair: Pair, kind: str) -> None:
+    """The agent's ICMP fleet (rounds started by the engine, no task per probe), one socket for two
+    targets in the namespace: the one whose requests are dropped fails with reason timeout and loss 1,
+    the other succeeds with every reply, round after round."""
+    from agent.runner import IcmpFleet
+
+    silent = "10.254.0.3"
+    sh("ip", "-n", pair.b, "addr", "add", f"{silent}/24", "dev", pair.dev_b)
+    pair.nft("table inet mogli_test {\n chain input {\n type filter hook input priority 0;\n"
+             f" ip daddr {silent} icmp type echo-request drop\n }}\n}}")
+    conf = dict(interval=0.6, count=5, packet_interval=0.02, reply_timeout=0.3, timeout=0.5, socket=kind)
+    cfgs = [IcmpConfig(target=t, **conf) for t in (pair.ip4_b, silent)]  # type: ignore[arg-type]
+
+    async def main() -> Recorder:
+        eng = get_engine()
+        rec = Recorder()
+        with inside(pair.a):
+            eng.group(V4, kind, 0, False)  # type: ignore[arg-type]
+        task = asyncio.create_task(IcmpFleet(cfgs, rec).run())
+        try:
+            await asyncio.sleep(2.0)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            eng.close()
+        return rec
+
+    rec = asyncio.run(main())
+    samples = rec.drain()
+    for target, ok in ((pair.ip4_b, True), (silent, False)):
+        lb = (("probe", "icmp"), ("target", target))
+        runs = rec.total("mogli_probe_runs_total", lb)
+        assert runs >= 2, (target, runs)
+        sent, received, _ = totals(rec, target)
+        assert sent == 5 * runs
+        assert received == (sent if ok else 0)
+        losses = [s.value for s in samples if s.labels == lb and s.name == "mogli_icmp_loss_ratio"]
+        assert losses == [0.0 if ok else 1.0] * int(runs)
+        failed = rec.total("mogli_probe_failures_total", (("probe", "icmp"), ("reason", "timeout"), ("target", target)))
+        assert failed == (0 if ok else runs)

@@ -7,15 +7,20 @@ The fping/liboping design on asyncio:
   "ping" sockets, allowed by ``net.ipv4.ping_group_range``) or ``raw`` (needs
   CAP_NET_RAW). ``auto`` tries dgram first, then raw; ``MOGLI_ICMP_SOCKET=dgram|raw``
   in the environment forces one for probes configured ``auto``.
-- Sends are scheduled on one heap and sent from one timer: every wakeup sends all
-  packets due within the next ``SLACK`` seconds, so 10,000 targets at 1 pps cost about
-  fifty wakeups a second, not 20,000. The send time is taken right before sendto.
+- Sends are kept in millisecond slots (a dict of lists, a small heap of slot numbers) and
+  sent from one timer: every wakeup sends all packets due within the next ``SLACK``
+  seconds, so 10,000 targets at 1 pps cost about twenty wakeups a second, not 20,000,
+  and no per-packet heap operation. The send time is taken right before sendto.
 - Replies are read in the same wakeups (no reader callback, which would wake the loop
   for every reply): each socket is drained. Their receive time is the kernel's
   (SO_TIMESTAMPNS), so reading them a few milliseconds later costs no accuracy.
-  Replies are matched by (address, sequence), plus the identifier and our payload token
-  on raw sockets (datagram sockets only ever see replies to their own identifier).
-- A probe awaits one future per round, not one per packet.
+  Replies are matched by (address, sequence): the address names the rounds in flight to
+  it, the sequence the packet within one; raw sockets also check the identifier and our
+  payload token (datagram sockets only ever see replies to their own identifier). The
+  common reply (an echo reply without IP options) is decoded inline; everything else
+  goes through the sans-io parser (agent/icmp/packet.py).
+- A round ends with one future (``icmp.run`` awaits it) or one callback (the ICMP fleet,
+  agent/icmp/fleet.py, which schedules every ICMP probe's rounds without a task each).
 """
 
 from __future__ import annotations
@@ -25,18 +30,21 @@ import contextlib
 import errno
 import heapq
 import itertools
+import logging
 import math
 import os
 import random
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from agent.icmp import packet as pk
 
 SocketKind = Literal["auto", "dgram", "raw"]
+log = logging.getLogger("mogli.agent.icmp")
 
 # Linux constants the socket module does not export on every Python version.
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
@@ -74,7 +82,7 @@ class IcmpPermissionError(PermissionError):
     """Neither a datagram nor a raw ICMP socket may be opened."""
 
 
-@dataclass
+@dataclass(slots=True, eq=False)
 class Round:
     """One round of ``count`` echo requests to one address; the engine fills it in."""
 
@@ -86,7 +94,10 @@ class Round:
     size: int
     group: _Group
     start_seq: int
-    future: asyncio.Future[Round]
+    future: asyncio.Future[Round] | None  # None: ``on_done`` is called instead
+    on_done: Callable[[Round], None] | None = None
+    tag: int = 0  # the caller's (the fleet's index of the probe)
+    at: float = 0.0  # loop time the first packet was due
     sent: int = 0
     answered: int = 0
     send_ns: list[int] = field(default_factory=list)
@@ -110,6 +121,9 @@ class Round:
         return [r for r in self.rtts if r is not None]
 
 
+_IDSEQ = struct.Struct("!HH")
+
+
 class _Group:
     """One socket: (family, kind, tos, df)."""
 
@@ -120,35 +134,34 @@ class _Group:
         self.raw = kind == "raw"
         self.sock = _open(family, kind, tos, df)
         self.ident = self.sock.getsockname()[1] if not self.raw else engine.ident
-        self.pending: dict[tuple[str, int], tuple[Round, int]] = {}
+        self.send_ident = self.ident if self.raw else 0  # datagram sockets: the kernel fills it in
+        self.rounds: dict[str, list[Round]] = {}  # address (no %scope) -> its rounds not finished
 
     def close(self) -> None:
         self.sock.close()
 
-    def send(self, rnd: Round) -> None:
-        i = rnd.sent
-        seq = (rnd.start_seq + i) & 0xFFFF
-        pkt = pk.build_echo(self.family, self.ident if self.raw else 0, seq, rnd.data, rnd.data_sum)
-        self.pending[(rnd.key, seq)] = (rnd, i)
-        rnd.sent = i + 1
-        rnd.rtts.append(None)
-        rnd.send_ns.append(time.time_ns())
-        self.engine.packets_sent += 1
-        try:
-            self.sock.sendto(pkt, (rnd.address, 0))
-        except OSError as e:  # counted as sent and lost; the error explains an all-lost round
-            rnd.send_error = e
-            if e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-                rnd.errors["unreachable"] = rnd.errors.get("unreachable", 0) + 1
+    def find(self, key: str, seq: int) -> tuple[Round, int] | None:
+        """The round and packet index a reply (or error) about ``seq`` sent to ``key`` belongs to."""
+        for rnd in self.rounds.get(key, ()):
+            i = (seq - rnd.start_seq) & 0xFFFF
+            if i < rnd.sent:
+                return rnd, i
+        return None
 
     def drain(self) -> None:
         """Read every queued reply (and, for datagram sockets, every queued error)."""
         sock, family, raw, engine = self.sock, self.family, self.raw, self.engine
-        pending, token, bufsize = self.pending, engine.token, engine.bufsize
+        rounds, token, bufsize, ident = self.rounds, engine.token, engine.bufsize, self.ident
+        recvmsg, idseq, timespec, now_ns = sock.recvmsg, _IDSEQ.unpack_from, _TIMESPEC.unpack_from, time.time_ns
         v6 = family == socket.AF_INET6
+        raw4 = raw and not v6
+        off = 20 if raw4 else 0  # where the ICMP message starts (raw IPv4: after a 20-byte IP header)
+        echo_reply = pk.ICMP6_ECHO_REPLY if v6 else pk.ICMP_ECHO_REPLY
+        toklen = len(token)
+        settle = engine.settle
         for _ in range(10_000):  # drain, but never starve the loop forever
             try:
-                data, anc, _, addr = sock.recvmsg(bufsize, _ANCBUF)
+                data, anc, _, addr = recvmsg(bufsize, _ANCBUF)
             except BlockingIOError:
                 break
             except OSError:  # a pending socket error (an ICMP error on the socket): details follow in the errqueue
@@ -156,45 +169,69 @@ class _Group:
                 continue
             rx_ns = 0
             for level, typ, cdata in anc:
-                if level == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS and len(cdata) >= _TIMESPEC.size:
-                    sec, nsec = _TIMESPEC.unpack_from(cdata)
+                if typ == SO_TIMESTAMPNS and level == socket.SOL_SOCKET and len(cdata) >= 16:
+                    sec, nsec = timespec(cdata)
                     rx_ns = sec * 1_000_000_000 + nsec
             if not rx_ns:
-                rx_ns = time.time_ns()
-            try:
-                ev = pk.parse(data, family, raw, addr[0])
-            except pk.Malformed:
-                engine.malformed += 1
-                continue
-            if ev is None:
-                continue
-            if raw and ev.ident != self.ident:
-                continue
-            if isinstance(ev, pk.EchoReply):
-                payload = ev.data
-                if not (payload.startswith(token) or token.startswith(payload)):
+                rx_ns = now_ns()
+            src = addr[0]
+            if v6 and "%" in src:
+                src = src.partition("%")[0]
+            n = len(data)
+            # the common case inline: an echo reply (on raw IPv4: in a 20-byte IP header, good checksum)
+            if n >= off + 8 and data[off] == echo_reply and (not raw4 or (data[0] == 0x45 and data[9] == 1)):
+                if raw4:
+                    # a good checksum: the message's words sum to 0xFFFF, i.e. as one number it is a non-zero
+                    # multiple of 0xFFFF (2**16 = 1 mod 0xFFFF; see packet.word_sum); odd lengths the long way
+                    if n & 1:
+                        bad = pk.checksum(data[20:]) != 0
+                    else:
+                        v = int.from_bytes(data[20:], "big")
+                        bad = v % 0xFFFF != 0 or v == 0
+                    if bad:
+                        engine.malformed += 1
+                        continue
+                rid, seq = idseq(data, off + 4)
+                if raw and rid != ident:
                     continue
-                hit = pending.get((addr[0].partition("%")[0] if v6 else addr[0], ev.seq))
-                if hit is None:
-                    continue
-                rnd, i = hit
-                if rnd.rtts[i] is not None:
-                    rnd.duplicates += 1
-                    continue
-                rtt = (rx_ns - rnd.send_ns[i]) / 1e9
-                if rtt < 0 or rtt > rnd.reply_timeout:
-                    continue  # late: counted as lost
-                rnd.rtts[i] = rtt
-                rnd.answered += 1
-                if rnd.answered == rnd.count:
-                    engine.settle(rnd)
+                if not token.startswith(data[off + 8:off + 8 + toklen]):
+                    continue  # someone else's echo (a raw socket sees every reply)
             else:
-                self._error(ev)
+                try:
+                    ev = pk.parse(data, family, raw, src)
+                except pk.Malformed:
+                    engine.malformed += 1
+                    continue
+                if ev is None or (raw and ev.ident != ident):
+                    continue
+                if not isinstance(ev, pk.EchoReply):
+                    self._error(ev)
+                    continue
+                if not token.startswith(ev.data[:toklen]):
+                    continue
+                seq = ev.seq
+            for rnd in rounds.get(src, ()):
+                i = (seq - rnd.start_seq) & 0xFFFF
+                if i < rnd.sent:
+                    break
+            else:
+                continue
+            rtts = rnd.rtts
+            if rtts[i] is not None:
+                rnd.duplicates += 1
+                continue
+            rtt = (rx_ns - rnd.send_ns[i]) / 1e9
+            if rtt < 0 or rtt > rnd.reply_timeout:
+                continue  # late: counted as lost
+            rtts[i] = rtt
+            rnd.answered += 1
+            if rnd.answered == rnd.count:
+                settle(rnd)
         if not raw:
             self._drain_errqueue()
 
     def _error(self, ev: pk.IcmpError) -> None:
-        hit = self.pending.get((ev.dest, ev.seq))
+        hit = self.find(ev.dest, ev.seq)
         if hit is None:
             return
         rnd, _ = hit
@@ -274,17 +311,22 @@ class Engine:
         self.ident = self.rng.randrange(1, 0x10000)
         self.token = self.rng.randbytes(pk.TOKEN_LEN)
         self.groups: dict[tuple[int, str, int, bool], _Group] = {}
-        self.sends: list[tuple[float, int, Round]] = []  # (due, tie, round): next packet of a round
+        self.slots: dict[int, list[Round]] = {}  # millisecond slot -> rounds whose next packet is due in it
+        self.slot_heap: list[int] = []  # the slots' numbers, earliest first
         self.ends: list[tuple[float, int, Round]] = []  # (due, tie, round): when an incomplete round gives up
         self._tie = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._payloads: dict[int, tuple[bytes, int]] = {}
+        self._done: list[Round] = []  # finished rounds whose on_done is still to be called
         self.malformed = 0  # undecodable datagrams read (counted, dropped)
         self.packets_sent = 0  # echo requests handed to the kernel, all rounds (for benchmarks)
         self.bufsize = 2048  # recvmsg buffer: the largest payload in use plus headers
         self._active = 0  # rounds not finished
         self._fast = 0  # of those, rounds with packets closer than 2 * SLACK: tick at FAST_SLACK then
+        forced = os.environ.get(ENV_SOCKET, "auto")
+        self.forced: SocketKind = forced if forced in ("dgram", "raw") else "auto"  # type: ignore[assignment]
+        self._resolved: dict[tuple[int, str, int, bool], _Group] = {}  # (family, asked kind, tos, df) -> group
 
     def payload(self, size: int) -> tuple[bytes, int]:
         p = self._payloads.get(size)
@@ -294,9 +336,14 @@ class Engine:
         return p
 
     def group(self, family: int, kind: SocketKind, tos: int, df: bool) -> _Group:
+        g = self._resolved.get((family, kind, tos, df))
+        if g is None:
+            g = self._resolved[(family, kind, tos, df)] = self._group(family, kind, tos, df)
+        return g
+
+    def _group(self, family: int, kind: SocketKind, tos: int, df: bool) -> _Group:
         if kind == "auto":
-            forced = os.environ.get(ENV_SOCKET, "auto")
-            kind = forced if forced in ("dgram", "raw") else "auto"  # type: ignore[assignment]
+            kind = self.forced
         kinds = ["dgram", "raw"] if kind == "auto" else [kind]
         for k in kinds:
             g = self.groups.get((family, k, tos, df))
@@ -321,24 +368,33 @@ class Engine:
     def start(
         self, address: str, family: int, *, count: int, packet_interval: float, reply_timeout: float,
         size: int = 56, tos: int = 0, df: bool = False, kind: SocketKind = "auto",
+        at: float | None = None, on_done: Callable[[Round], None] | None = None, tag: int = 0,
     ) -> Round:
-        """Schedule a round; await ``round.future``. Cancel with :meth:`cancel`."""
+        """Schedule a round, its first packet at loop time ``at`` (default: now).
+
+        Without ``on_done``, await ``round.future``; with it, ``on_done(round)`` is called from the
+        engine's timer when the round ends (exceptions are logged, the engine goes on).
+        Cancel with :meth:`cancel`."""
         g = self.group(family, kind, tos, df)
         key = address.partition("%")[0]
+        others = g.rounds.setdefault(key, [])
         start = self.rng.randrange(0x10000)
         for _ in range(8):  # another round to this address in flight: keep the sequence ranges apart
-            if not any((key, (start + i) & 0xFFFF) in g.pending for i in range(count)):
+            if not any((start - o.start_seq) & 0xFFFF < o.count or (o.start_seq - start) & 0xFFFF < count
+                       for o in others):
                 break
             start = self.rng.randrange(0x10000)
-        rnd = Round(address, family, count, packet_interval, reply_timeout, size, g, start, self.loop.create_future())
+        rnd = Round(address, family, count, packet_interval, reply_timeout, size, g, start,
+                    None if on_done else self.loop.create_future(), on_done, tag)
         rnd.key = key
         rnd.data, rnd.data_sum = self.payload(size)
         self.bufsize = max(self.bufsize, size + 256)  # + IP header (raw IPv4) + ICMP header, with room
-        rnd.next_due = self.loop.time()
+        others.append(rnd)
+        rnd.at = rnd.next_due = self.loop.time() if at is None else at
         self._active += 1
         if packet_interval < 2 * SLACK:
             self._fast += 1
-        self._push(rnd.next_due, rnd)
+        self._schedule(rnd.next_due, rnd)
         return rnd
 
     def cancel(self, rnd: Round) -> None:
@@ -346,14 +402,15 @@ class Engine:
 
         Replies already queued are read first. A request still within its reply_timeout has no
         outcome yet: it is dropped from the round (neither sent nor lost), so a round cut short by
-        a busy agent never reports loss that did not happen."""
+        a busy agent never reports loss that did not happen. ``on_done`` is not called."""
         if rnd.done:
             return
         rnd.group.drain()
         if not rnd.done:
             limit = time.time_ns() - int(rnd.reply_timeout * 1e9)
             keep = [i for i in range(rnd.sent) if rnd.rtts[i] is not None or rnd.send_ns[i] <= limit]
-            self.finish(rnd)  # uses rnd.sent to clear every pending entry
+            rnd.on_done = None
+            self.finish(rnd)
             rnd.rtts = [rnd.rtts[i] for i in keep]
             rnd.send_ns = [rnd.send_ns[i] for i in keep]
             rnd.sent = len(keep)
@@ -371,15 +428,27 @@ class Engine:
         self._active -= 1
         if rnd.packet_interval < 2 * SLACK:
             self._fast -= 1
-        pending = rnd.group.pending
-        for i in range(rnd.sent):
-            pending.pop((rnd.key, (rnd.start_seq + i) & 0xFFFF), None)
-        if not rnd.future.done():
-            rnd.future.set_result(rnd)
+        rounds = rnd.group.rounds
+        others = rounds.get(rnd.key)
+        if others is not None:
+            others.remove(rnd)
+            if not others:
+                del rounds[rnd.key]
+        if rnd.future is not None:
+            if not rnd.future.done():
+                rnd.future.set_result(rnd)
+        elif rnd.on_done is not None:  # only ticks finish such rounds (cancel clears on_done)
+            self._done.append(rnd)  # called at the end of the tick, after the timer is armed again
 
-    def _push(self, due: float, rnd: Round) -> None:
-        heapq.heappush(self.sends, (due, next(self._tie), rnd))
-        self._arm(due)
+    def _schedule(self, due: float, rnd: Round) -> None:
+        slot = int(due * 1000)
+        lst = self.slots.get(slot)
+        if lst is None:
+            self.slots[slot] = [rnd]
+            heapq.heappush(self.slot_heap, slot)
+            self._arm(due)
+        else:
+            lst.append(rnd)
 
     def _slack(self) -> float:
         return FAST_SLACK if self._fast else SLACK
@@ -395,24 +464,40 @@ class Engine:
     def _tick(self) -> None:
         self._timer = None
         self._timer_at = float("inf")
-        sends, ends, tie = self.sends, self.ends, self._tie
+        slots, heap, ends, tie = self.slots, self.slot_heap, self.ends, self._tie
         now = self.loop.time()
         slack = self._slack()
-        horizon = now + slack  # sends a little early batch up; round ends never come early
+        horizon = int((now + slack) * 1000)  # sends a little early batch up; round ends never come early
         later: list[Round] = []
-        while sends and sends[0][0] <= horizon:
-            due, _, rnd = heapq.heappop(sends)
-            if rnd.done:
-                continue
-            rnd.group.send(rnd)
-            if rnd.sent < rnd.count:
-                rnd.next_due = due + rnd.packet_interval
-                later.append(rnd)  # its next packet goes in a later wakeup, never two in one burst
-            else:
-                rnd.end_due = max(due, now) + rnd.reply_timeout
-                heapq.heappush(ends, (rnd.end_due, next(tie), rnd))
+        sent = 0
+        build, time_ns, errs = pk.build_echo, time.time_ns, (errno.EHOSTUNREACH, errno.ENETUNREACH)
+        while heap and heap[0] <= horizon:
+            for rnd in slots.pop(heapq.heappop(heap)):
+                if rnd.done:
+                    continue
+                g = rnd.group
+                i = rnd.sent
+                seq = (rnd.start_seq + i) & 0xFFFF
+                pkt = build(rnd.family, g.send_ident, seq, rnd.data, rnd.data_sum)
+                rnd.sent = i + 1
+                rnd.rtts.append(None)
+                rnd.send_ns.append(time_ns())  # right before sendto: the RTT's start
+                try:
+                    g.sock.sendto(pkt, (rnd.address, 0))
+                except OSError as e:  # counted as sent and lost; the error explains an all-lost round
+                    rnd.send_error = e
+                    if e.errno in errs:
+                        rnd.errors["unreachable"] = rnd.errors.get("unreachable", 0) + 1
+                sent += 1
+                if rnd.sent < rnd.count:
+                    rnd.next_due += rnd.packet_interval
+                    later.append(rnd)  # its next packet goes in a later wakeup, never two in one burst
+                else:
+                    rnd.end_due = max(rnd.next_due, now) + rnd.reply_timeout
+                    heapq.heappush(ends, (rnd.end_due, next(tie), rnd))
+        self.packets_sent += sent
         for rnd in later:
-            heapq.heappush(sends, (rnd.next_due, next(tie), rnd))
+            self._schedule(rnd.next_due, rnd)
         for g in self.groups.values():
             g.drain()
         while ends and ends[0][0] <= now:
@@ -422,9 +507,16 @@ class Engine:
         if self._active:  # replies are read when the timer fires: poll while rounds wait
             # on the grid: sends at the grid point before they are due, ends at the one after
             nxt = (math.floor(now / slack) + 1) * slack
-            if sends:
-                nxt = min(nxt, max(now, math.floor(sends[0][0] / slack) * slack))
+            if heap:
+                nxt = min(nxt, max(now, math.floor(heap[0] / 1000 / slack) * slack))
             self._arm(nxt)
+        if self._done:
+            done, self._done = self._done, []
+            for rnd in done:
+                try:
+                    rnd.on_done(rnd)  # type: ignore[misc]
+                except Exception:  # a bug in a caller must not stop every other round
+                    log.exception("ICMP round callback for %s failed", rnd.address)
 
     def close(self) -> None:
         if self._timer is not None:
@@ -432,6 +524,7 @@ class Engine:
         for g in self.groups.values():
             g.close()
         self.groups.clear()
+        self._resolved.clear()
 
 
 _ENGINES: dict[int, Engine] = {}  # id(loop) -> engine; entries of closed loops are closed and dropped

@@ -107,7 +107,7 @@ class ProbeResult:
 
     gauges: list[tuple[str, Labels, float]] = field(default_factory=list)
     counters: list[tuple[str, Labels, float]] = field(default_factory=list)
-    observations: list[tuple[str, Labels, float]] = field(default_factory=list)
+    observations: list[tuple[str, Labels, list[float]]] = field(default_factory=list)  # values of one run
     counter_values: list[tuple[str, Labels, float]] = field(default_factory=list)
     detail: dict[str, object] = field(default_factory=dict)  # for `mogli-agent probe` output
 
@@ -121,5 +121,6 @@ class ProbeResult:
         """A counter whose cumulative value someone else keeps (the kernel): recorded as the new total."""
         self.counter_values.append((name, tuple(sorted(labels.items())), value))
 
-    def observe(self, name: str, value: float, **labels: str) -> None:
-        self.observations.append((name, tuple(sorted(labels.items())), value))
+    def observe(self, name: str, *values: float, **labels: str) -> None:
+        """Values for a histogram: each run adds one histogram sample per series with all of them."""
+        self.observations.append((name, tuple(sorted(labels.items())), list(values)))

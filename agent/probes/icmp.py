@@ -14,7 +14,7 @@ import itertools
 import math
 import socket
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from agent.confload import check
 from agent.icmp.engine import Round, SocketKind, get_engine
@@ -62,23 +62,24 @@ class IcmpConfig:
 _FAMILIES = {"auto": socket.AF_UNSPEC, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
 
 
-async def resolve(target: str, family: str) -> tuple[int, str]:
-    """(address family, address) of the target; IP literals skip the resolver."""
-    want = _FAMILIES[family]
+def literal(target: str, family: str) -> tuple[int, str] | None:
+    """(address family, address) of an IP-address target; None for a host name."""
     try:
         ip = ipaddress.ip_address(target.partition("%")[0])
     except ValueError:
-        pass
-    else:
-        fam = socket.AF_INET if ip.version == 4 else socket.AF_INET6
-        if want not in (socket.AF_UNSPEC, fam):
-            raise ResolveError(f"{target} is not an {family} address")
-        return fam, target if "%" in target else str(ip)
-    return await resolve_host(target, None, want, socket.SOCK_DGRAM)
+        return None
+    fam = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    if _FAMILIES[family] not in (socket.AF_UNSPEC, fam):
+        raise ResolveError(f"{target} is not an {family} address")
+    return fam, target if "%" in target else str(ip)
 
 
-@dataclass(frozen=True)
-class RoundStats:
+async def resolve(target: str, family: str) -> tuple[int, str]:
+    """(address family, address) of the target; IP literals skip the resolver."""
+    return literal(target, family) or await resolve_host(target, None, _FAMILIES[family], socket.SOCK_DGRAM)
+
+
+class RoundStats(NamedTuple):  # a NamedTuple: the ICMP fleet makes one per round, thousands a second
     sent: int
     received: int
     duplicates: int
@@ -93,30 +94,38 @@ class RoundStats:
 def stats(rtts: list[float | None], sent: int, duplicates: int = 0) -> RoundStats:
     """The round's figures from its per-packet RTTs (None: lost), in send order."""
     got = [r for r in rtts if r is not None]
-    loss = 1.0 - len(got) / sent if sent else 0.0
+    n = len(got)
+    loss = 1.0 - n / sent if sent else 0.0
     if not got:
         return RoundStats(sent, 0, duplicates, loss, None, None, None, None, None)
-    avg = math.fsum(got) / len(got)
-    sd = math.sqrt(math.fsum((r - avg) ** 2 for r in got) / len(got))  # population stddev, like ping's mdev
-    jitter = math.fsum(abs(b - a) for a, b in itertools.pairwise(got)) / (len(got) - 1) if len(got) > 1 else None
-    return RoundStats(sent, len(got), duplicates, loss, min(got), avg, max(got), sd, jitter)
+    avg = math.fsum(got) / n
+    sd = math.sqrt(math.fsum([(r - avg) ** 2 for r in got]) / n)  # population stddev, like ping's mdev
+    jitter = math.fsum([abs(b - a) for a, b in itertools.pairwise(got)]) / (n - 1) if n > 1 else None
+    return RoundStats(sent, n, duplicates, loss, min(got), avg, max(got), sd, jitter)
+
+
+def round_values(st: RoundStats) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """A round's (gauges, counter increments), all on the probe/target series; the RTTs of
+    ``Round.valid_rtts()`` go to the mogli_icmp_rtt_seconds histogram."""
+    counters = [("mogli_icmp_sent_total", float(st.sent)), ("mogli_icmp_received_total", float(st.received)),
+                ("mogli_icmp_duplicates_total", float(st.duplicates))]
+    gauges = [("mogli_icmp_loss_ratio", st.loss_ratio)] if st.sent else []
+    for name, v in (("mogli_icmp_rtt_min_seconds", st.rtt_min), ("mogli_icmp_rtt_avg_seconds", st.rtt_avg),
+                    ("mogli_icmp_rtt_max_seconds", st.rtt_max), ("mogli_icmp_rtt_stddev_seconds", st.rtt_stddev),
+                    ("mogli_icmp_jitter_seconds", st.jitter)):
+        if v is not None:
+            gauges.append((name, v))
+    return gauges, counters
 
 
 def _record(cfg: IcmpConfig, rnd: Round, result: ProbeResult) -> RoundStats:
     st = stats(rnd.rtts, rnd.sent, rnd.duplicates)
-    result.count("mogli_icmp_sent_total", st.sent)
-    result.count("mogli_icmp_received_total", st.received)
-    result.count("mogli_icmp_duplicates_total", st.duplicates)
-    for r in rnd.rtts:
-        if r is not None:
-            result.observe("mogli_icmp_rtt_seconds", r)
-    if st.sent:
-        result.gauge("mogli_icmp_loss_ratio", st.loss_ratio)
-    for name, v in (("min", st.rtt_min), ("avg", st.rtt_avg), ("max", st.rtt_max), ("stddev", st.rtt_stddev)):
-        if v is not None:
-            result.gauge(f"mogli_icmp_rtt_{name}_seconds", v)
-    if st.jitter is not None:
-        result.gauge("mogli_icmp_jitter_seconds", st.jitter)
+    gauges, counters = round_values(st)
+    for name, v in counters:
+        result.count(name, v)
+    result.observe("mogli_icmp_rtt_seconds", *rnd.valid_rtts())
+    for name, v in gauges:
+        result.gauge(name, v)
 
     def r9(v: float | None) -> float | None:
         return None if v is None else round(v, 9)
@@ -143,18 +152,26 @@ async def run(cfg: IcmpConfig, result: ProbeResult) -> None:
                            df=cfg.dont_fragment, kind=kind)
     except PermissionError as e:
         raise Permission(str(e.strerror or e)) from None
+    assert rnd.future is not None  # started without on_done
     try:
         await rnd.future
     finally:  # also when the runner's timeout cancels us: what was sent is recorded
         engine.cancel(rnd)
         st = _record(cfg, rnd, result)
-    if st.received == 0:
-        if rnd.mtu or (rnd.send_error is not None and rnd.send_error.errno == errno.EMSGSIZE):
-            mtu = f" (path MTU {rnd.mtu})" if rnd.mtu else ""
-            raise MtuExceeded(f"{cfg.size}-byte payload with don't-fragment does not fit{mtu}")
-        if rnd.errors:
-            raise Unreachable(f"no reply from {addr}; ICMP errors: " +
-                              ", ".join(f"{k} x{n}" for k, n in sorted(rnd.errors.items())))
-        if rnd.send_error is not None:
-            raise rnd.send_error
-        raise Timeout(f"no reply from {addr} to {st.sent} echo requests")
+    check_round(rnd, st, cfg)
+
+
+def check_round(rnd: Round, st: RoundStats, cfg: IcmpConfig) -> None:
+    """Raise the failure of a round without a single reply (the runner turns it into a reason)."""
+    if st.received:
+        return
+    addr = rnd.address
+    if rnd.mtu or (rnd.send_error is not None and rnd.send_error.errno == errno.EMSGSIZE):
+        mtu = f" (path MTU {rnd.mtu})" if rnd.mtu else ""
+        raise MtuExceeded(f"{cfg.size}-byte payload with don't-fragment does not fit{mtu}")
+    if rnd.errors:
+        raise Unreachable(f"no reply from {addr}; ICMP errors: " +
+                          ", ".join(f"{k} x{n}" for k, n in sorted(rnd.errors.items())))
+    if rnd.send_error is not None:
+        raise rnd.send_error
+    raise Timeout(f"no reply from {addr} to {st.sent} echo requests")
