@@ -213,7 +213,8 @@ class IcmpFleet:
         c, base = self.cfgs[i], self.labels[i]
         duration = max(0.0, self.engine.loop.time() - due)
         ts = time.time() - duration
-        st = icmp.stats(rnd.rtts, rnd.sent, rnd.duplicates)
+        got = rnd.valid_rtts()
+        st = icmp.stats_of(got, rnd.sent, rnd.duplicates)
         gauges, counters = icmp.round_values(st)  # what icmp.run records, without a ProbeResult
         try:
             icmp.check_round(rnd, st, c)
@@ -221,7 +222,7 @@ class IcmpFleet:
         except Exception as e:
             ok, reason = False, reason_of(e)
         record_outcome(self.rec, base, ok, reason, duration, ts, gauges, counters)
-        self.rec.observe_many("mogli_icmp_rtt_seconds", base, rnd.valid_rtts(), ts)
+        self.rec.observe_many("mogli_icmp_rtt_seconds", base, got, ts)
         self._launch(i, self._next(c, due))
 
 

@@ -117,6 +117,25 @@ def test_spool_keeps_totals_with_the_batch(tmp_path: Path) -> None:
     assert rec2.total("mogli_probe_runs_total", (("probe", "tcp"), ("target", "a"))) == 5
 
 
+def test_totals_of_series_the_catalog_no_longer_has_are_dropped_on_load() -> None:
+    """An older agent's spool may hold series whose metric is gone or whose labels changed: they are
+    dropped at start (they would only make the collector reject batches); the rest carry on."""
+    saved = json.dumps({
+        "counters": [["mogli_probe_runs_total", [["probe", "tcp"], ["target", "a"]], 5],
+                     ["mogli_probe_runs_total", [["probe", "tcp"]], 7],
+                     ["mogli_gone_total", [], 1]],
+        "histograms": [["mogli_icmp_rtt_seconds", [["probe", "icmp"], ["target", "a"]], [0.1], [2, 1], 0.3],
+                       ["mogli_icmp_rtt_seconds", [["target", "a"]], [0.1], [2, 1], 0.3]],
+    })
+    rec = Recorder()
+    rec.load_totals(saved)
+    rec.observe("mogli_icmp_rtt_seconds", (("probe", "icmp"), ("target", "a")), 0.05, T0)
+    assert json.loads(rec.dump_totals()) == {
+        "counters": [["mogli_probe_runs_total", [["probe", "tcp"], ["target", "a"]], 5.0]],
+        "histograms": [["mogli_icmp_rtt_seconds", [["probe", "icmp"], ["target", "a"]], [0.1], [3, 1], 0.35]],
+    }
+
+
 def test_spool_is_a_plain_sqlite_wal_database(tmp_path: Path) -> None:
     sp = Spool(tmp_path / "s.db", 10**6, 10**6)
     _append(sp, 2)

@@ -110,6 +110,7 @@ class Round:
     next_due: float = 0.0
     end_due: float = float("inf")
     key: str = ""  # the address as replies name it (no %scope)
+    sockaddr: tuple[str, int] = ("", 0)  # for sendto
     data: bytes = b""  # the payload
     data_sum: int = 0  # its ones'-complement word sum (for the IPv4 checksum)
 
@@ -379,7 +380,7 @@ class Engine:
         key = address.partition("%")[0]
         others = g.rounds.setdefault(key, [])
         start = self.rng.randrange(0x10000)
-        for _ in range(8):  # another round to this address in flight: keep the sequence ranges apart
+        for _ in range(8 if others else 0):  # another round to this address in flight: keep sequences apart
             if not any((start - o.start_seq) & 0xFFFF < o.count or (o.start_seq - start) & 0xFFFF < count
                        for o in others):
                 break
@@ -387,6 +388,7 @@ class Engine:
         rnd = Round(address, family, count, packet_interval, reply_timeout, size, g, start,
                     None if on_done else self.loop.create_future(), on_done, tag)
         rnd.key = key
+        rnd.sockaddr = (address, 0)
         rnd.data, rnd.data_sum = self.payload(size)
         self.bufsize = max(self.bufsize, size + 256)  # + IP header (raw IPv4) + ICMP header, with room
         others.append(rnd)
@@ -483,7 +485,7 @@ class Engine:
                 rnd.rtts.append(None)
                 rnd.send_ns.append(time_ns())  # right before sendto: the RTT's start
                 try:
-                    g.sock.sendto(pkt, (rnd.address, 0))
+                    g.sock.sendto(pkt, rnd.sockaddr)
                 except OSError as e:  # counted as sent and lost; the error explains an all-lost round
                     rnd.send_error = e
                     if e.errno in errs:

@@ -93,7 +93,11 @@ class RoundStats(NamedTuple):  # a NamedTuple: the ICMP fleet makes one per roun
 
 def stats(rtts: list[float | None], sent: int, duplicates: int = 0) -> RoundStats:
     """The round's figures from its per-packet RTTs (None: lost), in send order."""
-    got = [r for r in rtts if r is not None]
+    return stats_of([r for r in rtts if r is not None], sent, duplicates)
+
+
+def stats_of(got: list[float], sent: int, duplicates: int = 0) -> RoundStats:
+    """:func:`stats` from the RTTs of the replies alone, in send order."""
     n = len(got)
     loss = 1.0 - n / sent if sent else 0.0
     if not got:
