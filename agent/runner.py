@@ -223,7 +223,9 @@ class IcmpFleet:
             ok, reason = False, reason_of(e)
         record_outcome(self.rec, base, ok, reason, duration, ts, gauges, counters)
         self.rec.observe_many("mogli_icmp_rtt_seconds", base, got, ts)
-        self._launch(i, self._next(c, due))
+        if rnd.group.sock.fileno() >= 0:  # the engine is still open: the same round again
+            self.engine.again(rnd, self._next(c, due))
+            self.rounds[i] = rnd
 
 
 class Agent:

@@ -377,27 +377,44 @@ class Engine:
         engine's timer when the round ends (exceptions are logged, the engine goes on).
         Cancel with :meth:`cancel`."""
         g = self.group(family, kind, tos, df)
-        key = address.partition("%")[0]
-        others = g.rounds.setdefault(key, [])
-        start = self.rng.randrange(0x10000)
+        rnd = Round(address, family, count, packet_interval, reply_timeout, size, g, 0,
+                    None if on_done else self.loop.create_future(), on_done, tag)
+        rnd.key = address.partition("%")[0]
+        rnd.sockaddr = (address, 0)
+        rnd.data, rnd.data_sum = self.payload(size)
+        self.bufsize = max(self.bufsize, size + 256)  # + IP header (raw IPv4) + ICMP header, with room
+        self._begin(rnd, self.loop.time() if at is None else at)
+        return rnd
+
+    def again(self, rnd: Round, at: float) -> None:
+        """Run a finished round with an ``on_done`` once more from loop time ``at``: same address,
+        settings and callback, fresh results (the ICMP fleet's next round of a probe, without
+        building a new Round)."""
+        assert rnd.done and rnd.future is None, "again() is for finished rounds with on_done"
+        rnd.sent = rnd.answered = rnd.duplicates = rnd.mtu = 0
+        rnd.send_ns, rnd.rtts = [], []
+        if rnd.errors:
+            rnd.errors = {}
+        rnd.send_error = None
+        rnd.done = False
+        rnd.end_due = float("inf")
+        self._begin(rnd, at)
+
+    def _begin(self, rnd: Round, at: float) -> None:
+        others = rnd.group.rounds.setdefault(rnd.key, [])
+        start, count = self.rng.randrange(0x10000), rnd.count
         for _ in range(8 if others else 0):  # another round to this address in flight: keep sequences apart
             if not any((start - o.start_seq) & 0xFFFF < o.count or (o.start_seq - start) & 0xFFFF < count
                        for o in others):
                 break
             start = self.rng.randrange(0x10000)
-        rnd = Round(address, family, count, packet_interval, reply_timeout, size, g, start,
-                    None if on_done else self.loop.create_future(), on_done, tag)
-        rnd.key = key
-        rnd.sockaddr = (address, 0)
-        rnd.data, rnd.data_sum = self.payload(size)
-        self.bufsize = max(self.bufsize, size + 256)  # + IP header (raw IPv4) + ICMP header, with room
+        rnd.start_seq = start
         others.append(rnd)
-        rnd.at = rnd.next_due = self.loop.time() if at is None else at
+        rnd.at = rnd.next_due = at
         self._active += 1
-        if packet_interval < 2 * SLACK:
+        if rnd.packet_interval < 2 * SLACK:
             self._fast += 1
-        self._schedule(rnd.next_due, rnd)
-        return rnd
+        self._schedule([rnd])
 
     def cancel(self, rnd: Round) -> None:
         """End a round early (its probe was cancelled, e.g. by the runner's timeout).
@@ -442,15 +459,18 @@ class Engine:
         elif rnd.on_done is not None:  # only ticks finish such rounds (cancel clears on_done)
             self._done.append(rnd)  # called at the end of the tick, after the timer is armed again
 
-    def _schedule(self, due: float, rnd: Round) -> None:
-        slot = int(due * 1000)
-        lst = self.slots.get(slot)
-        if lst is None:
-            self.slots[slot] = [rnd]
-            heapq.heappush(self.slot_heap, slot)
-            self._arm(due)
-        else:
-            lst.append(rnd)
+    def _schedule(self, rounds: list[Round]) -> None:
+        """Put each round in the slot of its next packet (``next_due``)."""
+        slots = self.slots
+        for rnd in rounds:
+            slot = int(rnd.next_due * 1000)
+            lst = slots.get(slot)
+            if lst is None:
+                slots[slot] = [rnd]
+                heapq.heappush(self.slot_heap, slot)
+                self._arm(rnd.next_due)
+            else:
+                lst.append(rnd)
 
     def _slack(self) -> float:
         return FAST_SLACK if self._fast else SLACK
@@ -498,13 +518,12 @@ class Engine:
                     rnd.end_due = max(rnd.next_due, now) + rnd.reply_timeout
                     heapq.heappush(ends, (rnd.end_due, next(tie), rnd))
         self.packets_sent += sent
-        for rnd in later:
-            self._schedule(rnd.next_due, rnd)
+        self._schedule(later)
         for g in self.groups.values():
             g.drain()
         while ends and ends[0][0] <= now:
-            _, _, rnd = heapq.heappop(ends)
-            if not rnd.done:
+            due, _, rnd = heapq.heappop(ends)
+            if not rnd.done and due == rnd.end_due:  # else superseded (settled early) or from a past run
                 self.finish(rnd)
         if self._active:  # replies are read when the timer fires: poll while rounds wait
             # on the grid: sends at the grid point before they are due, ends at the one after
