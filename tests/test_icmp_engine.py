@@ -234,6 +234,20 @@ def test_fleet_runs_rounds_on_their_interval_and_records_what_the_probe_records(
         assert [s.value for s in samples if s.labels == lb and s.name == "mogli_probe_success"] == [1.0] * int(runs)
 
 
+def test_fleet_without_socket_permission_records_a_permission_failure_each_interval(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No datagram ICMP socket allowed and the kind forced to it: the fleet keeps going, each
+    interval recording a failed run with reason permission (no traceback, no busy loop)."""
+    need(not can_open("dgram"), "this namespace allows datagram ICMP sockets")
+    monkeypatch.setenv(ENV_SOCKET, "dgram")
+    rec = run_fleet([IcmpConfig(target="127.0.0.1", interval=0.3, count=1, reply_timeout=0.1, timeout=0.2)], 1.0)
+    lb = (("probe", "icmp"), ("target", "127.0.0.1"))
+    runs = rec.total("mogli_probe_runs_total", lb)
+    assert 3 <= runs <= 4, runs
+    assert rec.total("mogli_probe_failures_total", (("probe", "icmp"), ("reason", "permission"),
+                                                    ("target", "127.0.0.1"))) == runs
+
+
 @pytest.mark.real
 def test_agent_reports_icmp_metrics_to_the_collector(tmp_path: Path) -> None:
     """The whole way: `mogli-agent run` with an icmp probe -> collector -> /metrics with every icmp series."""
