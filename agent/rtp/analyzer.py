@@ -72,9 +72,13 @@ PROBATION_GAP = 100  # ... each at most this far after the previous highest sequ
 SEEN_WINDOW = 128  # late packets are told from duplicates this far back (> MAX_MISORDER)
 MAX_CANDIDATES = 100_000  # unconfirmed (not yet RTP) streams kept before they are pruned
 
-# Ethernet + IPv4 (no options) + UDP + RTP fixed header in one unpack:
-# ethertype, ver/ihl, flags/fragment, protocol, UDP length, RTP byte 0, byte 1, seq, timestamp, SSRC
-_FAST = struct.Struct("!12xHB5xH1xB14xH2xBBHII")
+# Ethernet + IPv4 (no options) + UDP + RTP fixed header in one unpack, with as few fields as will do:
+# ethertype+version/IHL+TOS (as one int), flags/fragment offset+TTL+protocol (one int), the flow key (source
+# and destination address and port, as decode.locate_udp makes it), UDP length, RTP byte 0, byte 1, sequence
+# number, timestamp, SSRC
+_FAST = struct.Struct("!12xI4xI2x12sH2xBBHII")
+# RTP byte 1 -> it is RTCP (SR/RR/SDES/BYE/APP: payload type field 72-76, marker bit either way)
+_RTCP_B1 = tuple(72 <= b & 0x7F <= 76 for b in range(256))
 _RTP = struct.Struct("!BBHII")
 # struct tpacket3_hdr (native order): tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status, tp_mac
 _TPACKET3 = struct.Struct("=IIIIIIH")
@@ -87,10 +91,11 @@ JSON_FIELDS = (
 )
 
 
-
 def _record_unpackers(endian: str) -> tuple[Callable[..., tuple[Any, ...]], ...]:
-    """unpack_from of a pcap record header, a pcapng block header, an EPB and an obsolete packet block."""
-    return tuple(struct.Struct(endian + f).unpack_from for f in ("IIII", "II", "IIIII", "HHIIII"))
+    """unpack_from of a pcap record header (without the original length), a pcapng block header, an EPB and
+    an obsolete packet block."""
+    return tuple(struct.Struct(endian + f).unpack_from for f in ("III4x", "II", "IIIII", "HHIIII"))
+
 
 class Stream:
     """Running totals of one RTP stream. Public fields are read by the CLI and the live probe."""
@@ -243,6 +248,7 @@ class Analyzer:
         self.problem = ""  # why reading stopped early, with the byte offset
         self.epoch: int | None = None  # packet times are kept relative to this Unix second (float precision)
         self.last_time = 0.0  # of the last packet, relative to epoch
+        self._nostream = Stream(b"", -1, 0, 0.0, 0.0, 0, 0, 0, False)  # feed's: what flows has for an unknown key
 
     def default_rate(self, key: bytes, pt: int) -> float:
         if pt in STATIC_CLOCK_RATES:
@@ -307,32 +313,34 @@ class Analyzer:
         h_u = _H.unpack_from
         locate = locate_udp
         header_ok = _rtp_header_ok
+        rtcp = _RTCP_B1
         ifaces = info.interfaces
         lt = info.linktype
         res = info.resolution
-        flows = self.flows
-        flows_get = flows.get
+        flows_get = self.flows.get
+        nostream = self._nostream
         stall_gap = self.stall_gap
-        records = udp = rtp_n = damaged = 0
+        # records counts every packet; the UDP and RTP counts are worked out at the end from the packets that
+        # fell short of each (fewer additions in the common case)
+        records = not_udp = not_rtp = damaged = 0
         t = self.last_time
         epoch = self.epoch
         if epoch is None and mode != 1 and off + 16 <= end:
             epoch = self.epoch = rec_u(buf, off)[0] if mode == 0 else tp_u(buf, off)[1]
+        last = end - 16  # pcap: the last offset where a record header fits
         while True:
-            # ---- framing: one packet at buf[p:pend], captured at t, link type lt
+            # ---- framing: one packet at buf[p:pend] (caplen bytes), captured at t, link type lt
             if mode == 0:
-                if off + 16 > end:
+                if off > last:
                     if off < end:
                         self.problem = f"capture truncated: record header cut short at byte offset {off}"
                     break
-                sec, frac, caplen, _ = rec_u(buf, off)
-                if caplen > MAX_RECORD:
-                    self.problem = f"record length {caplen} is invalid at byte offset {off}"
-                    break
+                sec, frac, caplen = rec_u(buf, off)
                 p = off + 16
                 pend = p + caplen
-                if pend > end:
-                    self.problem = f"capture truncated: packet record cut short at byte offset {off}"
+                if pend > end or caplen > MAX_RECORD:
+                    self.problem = (f"record length {caplen} is invalid at byte offset {off}" if caplen > MAX_RECORD
+                                    else f"capture truncated: packet record cut short at byte offset {off}")
                     break
                 off = pend
                 t = (sec - epoch) + frac * res
@@ -415,63 +423,63 @@ class Analyzer:
                     t = (((hi << 32) | lo) - ifc.base) * ifc.resolution + ifc.shift
             records += 1
             # ---- link, IP, UDP: the common case in one unpack
-            if lt == 1 and pend - p >= 54:  # _FAST.size
-                etype, vihl, frag, proto, ulen, b0, b1, seq, ts, ssrc = fast_u(buf, p)
-                if etype == 0x0800 and vihl == 0x45 and proto == 17 and not frag & 0x1FFF:
-                    key = buf[p + 26 : p + 38]
-                    rtp = p + 42
-                else:
+            if lt == 1 and caplen >= 54:  # _FAST.size
+                eip, fpr, key, ulen, b0, b1, seq, ts, ssrc = fast_u(buf, p)
+                # IPv4 without options (any TOS); not a later fragment (offset 0, any flags), UDP (any TTL)
+                if eip & 0xFFFFFF00 != 0x08004500 or fpr & 0x1FFF00FF != 17:
                     key = b""
+                rtp = p + 42
             else:
                 key = b""
             if not key:
                 status, key, u = locate(buf, p, pend, lt)
                 if status:
+                    not_udp += 1
                     if status == DAMAGED:
                         damaged += 1
                     continue
                 rtp = u + 8
                 if pend - rtp < 12:
+                    not_udp += 1
                     continue
                 ulen = h_u(buf, u + 4)[0]
                 b0, b1, seq, ts, ssrc = rtp_u(buf, rtp)
-            udp += 1
-            # ---- RTP?
+            # ---- RTP? (b0 0x80: version 2 without padding, extension or CSRCs, nothing more to check)
             rlen = ulen - 8
-            if b0 & 0xC0 != 0x80 or rlen < 12:
+            if b0 != 0x80 and (b0 & 0xC0 != 0x80 or not header_ok(buf, rtp, rlen, pend, b0)):
+                not_rtp += 1
                 continue
-            pt = b1 & 0x7F
-            if 72 <= pt <= 76:  # RTCP SR/RR/SDES/BYE/APP
+            if rlen < 12 or rtcp[b1]:
+                not_rtp += 1
                 continue
-            if b0 & 0x3F and not header_ok(buf, rtp, rlen, pend, b0):
-                continue
-            rtp_n += 1
-            st = flows_get(key)
-            if st is None or st.ssrc != ssrc:
-                st = self._other(key, ssrc, pt, t, seq, ts, rlen, b1)
-                flows = self.flows  # _other may have pruned (rebuilt) the dicts
-                flows_get = flows.get
-                if st is None:
+            st = flows_get(key, nostream)  # nostream: an SSRC that matches none
+            if st.ssrc != ssrc:
+                other = self._other(key, ssrc, b1 & 0x7F, t, seq, ts, rlen, b1)
+                flows_get = self.flows.get  # _other may have pruned (rebuilt) the dicts
+                if other is None:
                     continue
+                st = other
             # ---- running totals (RFC 3550 A.1 sequence, A.8 jitter)
             st.packets += 1
             st.bytes += rlen
             if b1 & 0x80:
                 st.frames += 1
                 st.last_frame_t = t
-            ud = (seq - st.max_seq) & 0xFFFF
-            if ud == 1:
+            if seq - st.max_seq == 1:  # in order: the common case (a wrap from 65535 to 0 takes the next)
                 st.max_seq = seq
-                if not seq:
-                    st.cycles += 65536
-            elif ud == 0:
-                st.dups += 1
-            elif ud < 3000:  # MAX_DROPOUT
-                st.advance(seq, ud)
-            elif ud > 65436:  # 65536 - MAX_MISORDER
-                st.late(65536 - ud)
             else:
-                st.jump(seq)
+                ud = (seq - st.max_seq) & 0xFFFF
+                if ud == 1:
+                    st.max_seq = seq
+                    st.cycles += 65536
+                elif ud == 0:
+                    st.dups += 1
+                elif ud < 3000:  # MAX_DROPOUT
+                    st.advance(seq, ud)
+                elif ud > 65436:  # 65536 - MAX_MISORDER
+                    st.late(65536 - ud)
+                else:
+                    st.jump(seq)
             dt = t - st.last_t
             st.last_t = t
             if dt > st.max_delta:
@@ -494,8 +502,8 @@ class Analyzer:
                 if j > st.jmax:
                     st.jmax = j
         self.records += records
-        self.udp += udp
-        self.rtp += rtp_n
+        self.udp += records - not_udp
+        self.rtp += records - not_udp - not_rtp
         self.damaged += damaged
         self.last_time = t
         return off
