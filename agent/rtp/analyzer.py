@@ -103,7 +103,7 @@ class Stream:
     __slots__ = (
         "bad_seq", "base", "bytes", "cycles", "dups", "epoch", "expected_prior", "first_t", "frames", "good", "jitter",
         "jmax", "jsum", "key", "last_frame_t", "last_t", "last_ts", "max_delta", "max_seq", "missing", "ok",
-        "packets", "pt", "rate", "reordered", "ssrc", "stalls",
+        "packets", "pt", "quiet", "rate", "reordered", "ssrc", "stalls",
     )
 
     def __init__(self, key: bytes, ssrc: int, pt: int, rate: float, t: float, seq: int, ts: int, size: int,
@@ -135,6 +135,7 @@ class Stream:
         self.jmax = 0.0
         self.max_delta = 0.0
         self.stalls = 0
+        self.quiet = -1.0e300  # the analyser's: gaps up to min(max_delta, stall gap) change neither; none yet
 
     @property
     def expected(self) -> int:
@@ -482,12 +483,14 @@ class Analyzer:
                     st.jump(seq)
             dt = t - st.last_t
             st.last_t = t
-            if dt > st.max_delta:
-                st.max_delta = dt
-            if dt > stall_gap:
-                st.stalls += 1
-            rate = st.rate
-            if rate:
+            if dt > st.quiet:  # a new longest gap, or a stall (one test instead of two in the common case)
+                if dt > st.max_delta:
+                    st.max_delta = dt
+                if dt > stall_gap:
+                    st.stalls += 1
+                st.quiet = min(st.max_delta, stall_gap)
+            if st.rate:
+                rate = st.rate
                 dts = (ts - st.last_ts) & 0xFFFFFFFF
                 st.last_ts = ts
                 if dts & 0x80000000:
