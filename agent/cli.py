@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import logging
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.confload import ConfigErrors, load_text
+
+# asyncio, the config loader (yaml) and the probe registry are imported by the commands that use them:
+# analyze-pcap then starts in ~0.1 s of CPU instead of ~0.8 s (its speed is measured on the whole process)
 
 EXIT_CONFIG = 2
 ICMP_JSON_FIELDS = ("target", "sent", "received", "loss_ratio", "rtt_min_s", "rtt_avg_s", "rtt_max_s",
@@ -89,6 +88,8 @@ def _load(path: str) -> Any:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from agent.confload import ConfigErrors
+
     try:
         _load(args.config)
     except ConfigErrors as e:
@@ -110,6 +111,11 @@ def read_token(path: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+    import signal
+
+    from agent.confload import ConfigErrors
     from agent.runner import Agent
 
     try:
@@ -139,7 +145,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    import asyncio
+
     from agent.config import probe_list
+    from agent.confload import ConfigErrors, load_text
     from agent.probes import PROBES
     from agent.runner import Outcome, run_probe
 
