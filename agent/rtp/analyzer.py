@@ -92,9 +92,9 @@ JSON_FIELDS = (
 
 
 def _record_unpackers(endian: str) -> tuple[Callable[..., tuple[Any, ...]], ...]:
-    """unpack_from of a pcap record header (without the original length), a pcapng block header, an EPB and
-    an obsolete packet block."""
-    return tuple(struct.Struct(endian + f).unpack_from for f in ("III4x", "II", "IIIII", "HHIIII"))
+    """unpack_from of a pcap record header (without the original length), a pcapng block header, an EPB from
+    its block header on (without the original length) and an obsolete packet block after its block header."""
+    return tuple(struct.Struct(endian + f).unpack_from for f in ("III4x", "II", "IIIIII4x", "HHIIII"))
 
 
 class Stream:
@@ -357,11 +357,14 @@ class Analyzer:
                 off = off + nxt if nxt else end
                 t = (sec - epoch) + frac * 1e-9
             else:
-                if off + 12 > end:
+                if off + 28 <= end:  # an Enhanced Packet Block's fields come with its block header (one unpack)
+                    btype, blen, ifid, hi, lo, caplen = epb_u(buf, off)
+                elif off + 12 <= end:
+                    btype, blen = blk_u(buf, off)
+                else:
                     if off < end:
                         self.problem = f"capture truncated: block header cut short at byte offset {off}"
                     break
-                btype, blen = blk_u(buf, off)
                 if btype == PCAPNG_SHB:
                     try:
                         off = read_section_header(buf, off, end, info)
@@ -380,12 +383,11 @@ class Analyzer:
                 if nxt > end:
                     self.problem = f"capture truncated: block cut short at byte offset {off}"
                     break
-                if btype == PCAPNG_EPB:
+                if btype == PCAPNG_EPB:  # read above: 32 bytes and more fit before end
                     if blen < 32:
                         damaged += 1
                         off = nxt
                         continue
-                    ifid, hi, lo, caplen, _ = epb_u(buf, off + 8)
                     p = off + 28
                 elif btype == PCAPNG_SPB:
                     if blen < 16:
@@ -413,10 +415,14 @@ class Analyzer:
                     continue
                 off = nxt
                 pend = p + caplen
-                if pend > nxt - 4 or ifid >= len(ifaces):
+                if pend > nxt - 4:
                     damaged += 1
                     continue
-                ifc = ifaces[ifid]
+                try:
+                    ifc = ifaces[ifid]
+                except IndexError:  # no such interface (described)
+                    damaged += 1
+                    continue
                 lt = ifc.linktype
                 if hi >= 0:  # a Simple Packet Block has no timestamp: keep the previous packet's
                     if ifc.base < 0:
