@@ -27,8 +27,17 @@ Definitions (issue 4; RFC 3550 appendix A):
   packet. A new SSRC on the same 5-tuple is a new stream.
 
 Speed: the whole per-packet path is one loop in ``Analyzer.feed`` with locals,
-struct.unpack_from on the capture buffer and __slots__ state; the common case
-(Ethernet, IPv4 without options, UDP) is decoded with a single unpack.
+struct.unpack_from on the capture buffer and __slots__ state. CPython's time goes
+into dispatching bytecode operations and allocating objects, so the common case
+is written for few of both: a pcap record or pcapng Enhanced Packet Block header
+is one unpack, and Ethernet + IPv4 without options + UDP + the RTP fixed header
+(flow key included) another; one dict lookup finds the stream; a packet of a
+known stream that is in order, RTP version 2 without extras, takes one test each
+for its sequence number and its gap. Everything else (other encapsulations, RTP
+header extras, loss, reordering, wrap, new streams) branches off that path.
+About 170 bytecode operations per packet without a clock rate, 220 with
+(jitter); roughly 1M packets per CPU second on the 2-core bench machine
+(``python -m bench.rtp``).
 """
 
 from __future__ import annotations
@@ -135,7 +144,7 @@ class Stream:
         self.jmax = 0.0
         self.max_delta = 0.0
         self.stalls = 0
-        self.quiet = -1.0e300  # the analyser's: gaps up to min(max_delta, stall gap) change neither; none yet
+        self.quiet = float("-inf")  # the analyser's: gaps up to min(max_delta, stall gap) change neither
 
     @property
     def expected(self) -> int:
