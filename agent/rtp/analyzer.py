@@ -36,8 +36,8 @@ known stream that is in order, RTP version 2 without extras, takes one test each
 for its sequence number and its gap. Everything else (other encapsulations, RTP
 header extras, loss, reordering, wrap, new streams) branches off that path.
 About 170 bytecode operations per packet without a clock rate, 220 with
-(jitter); roughly 1M packets per CPU second on the 2-core bench machine
-(``python -m bench.rtp``).
+(jitter); ``python -m bench.rtp`` measured 0.5-0.9M packets per CPU second for
+the whole process (start-up included) on a shared 2-core machine.
 """
 
 from __future__ import annotations
