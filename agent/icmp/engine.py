@@ -159,18 +159,18 @@ class _Group:
         off = 20 if raw4 else 0  # where the ICMP message starts (raw IPv4: after a 20-byte IP header)
         echo_reply = pk.ICMP6_ECHO_REPLY if v6 else pk.ICMP_ECHO_REPLY
         toklen = len(token)
-        settle = engine.settle
+        settle, ancbuf, sol_socket = engine.settle, _ANCBUF, socket.SOL_SOCKET
         for _ in range(10_000):  # drain, but never starve the loop forever
             try:
-                data, anc, _, addr = recvmsg(bufsize, _ANCBUF)
+                data, anc, _, addr = recvmsg(bufsize, ancbuf)
             except BlockingIOError:
                 break
             except OSError:  # a pending socket error (an ICMP error on the socket): details follow in the errqueue
                 self._drain_errqueue()
                 continue
             rx_ns = 0
-            for level, typ, cdata in anc:
-                if typ == SO_TIMESTAMPNS and level == socket.SOL_SOCKET and len(cdata) >= 16:
+            for level, typ, cdata in anc:  # just the timestamp: no other option asks for ancillary data
+                if typ == SO_TIMESTAMPNS and level == sol_socket and len(cdata) >= 16:
                     sec, nsec = timespec(cdata)
                     rx_ns = sec * 1_000_000_000 + nsec
             if not rx_ns:
