@@ -265,28 +265,18 @@ def test_dscp_is_set_on_the_wire(pair: Pair, kind: str) -> None:
         assert (be.ok, be.reason, be.detail["received"]) == (False, "timeout", 0), be
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_fleet_gives_each_target_its_own_outcome(pair: Pair, kind: str) -> None:
-    """The agent's ICMP fleet (rounds started by the engine, no task per probe), one socket for two
-    targets in the namespace: the one whose requests are dropped fails with reason timeout and loss 1,
-    the other succeeds with every reply, round after round."""
+def fleet(pair: Pair, kind: str, family: int, cfgs: list[IcmpConfig], seconds: float) -> Recorder:
+    """The agent's ICMP fleet for ``seconds``, its socket opened in namespace A."""
     from agent.runner import IcmpFleet
-
-    silent = "10.254.0.3"
-    sh("ip", "-n", pair.b, "addr", "add", f"{silent}/24", "dev", pair.dev_b)
-    pair.nft("table inet mogli_test {\n chain input {\n type filter hook input priority 0;\n"
-             f" ip daddr {silent} icmp type echo-request drop\n }}\n}}")
-    conf = dict(interval=0.6, count=5, packet_interval=0.02, reply_timeout=0.3, timeout=0.5, socket=kind)
-    cfgs = [IcmpConfig(target=t, **conf) for t in (pair.ip4_b, silent)]  # type: ignore[arg-type]
 
     async def main() -> Recorder:
         eng = get_engine()
         rec = Recorder()
         with inside(pair.a):
-            eng.group(V4, kind, 0, False)  # type: ignore[arg-type]
+            eng.group(family, kind, 0, False)  # type: ignore[arg-type]
         task = asyncio.create_task(IcmpFleet(cfgs, rec).run())
         try:
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(seconds)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -294,7 +284,21 @@ def test_fleet_gives_each_target_its_own_outcome(pair: Pair, kind: str) -> None:
             eng.close()
         return rec
 
-    rec = asyncio.run(main())
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fleet_gives_each_target_its_own_outcome(pair: Pair, kind: str) -> None:
+    """The agent's ICMP fleet (rounds started by the engine, no task per probe), one socket for two
+    targets in the namespace: the one whose requests are dropped fails with reason timeout and loss 1,
+    the other succeeds with every reply, round after round."""
+    silent = "10.254.0.3"
+    sh("ip", "-n", pair.b, "addr", "add", f"{silent}/24", "dev", pair.dev_b)
+    pair.nft("table inet mogli_test {\n chain input {\n type filter hook input priority 0;\n"
+             f" ip daddr {silent} icmp type echo-request drop\n }}\n}}")
+    conf = dict(interval=0.6, count=5, packet_interval=0.02, reply_timeout=0.3, timeout=0.5, socket=kind)
+    cfgs = [IcmpConfig(target=t, **conf) for t in (pair.ip4_b, silent)]  # type: ignore[arg-type]
+    rec = fleet(pair, kind, V4, cfgs, 2.0)
     samples = rec.drain()
     for target, ok in ((pair.ip4_b, True), (silent, False)):
         lb = (("probe", "icmp"), ("target", target))
@@ -307,3 +311,28 @@ def test_fleet_gives_each_target_its_own_outcome(pair: Pair, kind: str) -> None:
         assert losses == [0.0 if ok else 1.0] * int(runs)
         failed = rec.total("mogli_probe_failures_total", (("probe", "icmp"), ("reason", "timeout"), ("target", target)))
         assert failed == (0 if ok else runs)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_link_local_ipv6_target_with_scope(pair: Pair, kind: str) -> None:
+    """A radio bridge is often reached by its IPv6 link-local address: fe80::...%interface works as a
+    target through the probe and through the fleet (replies come back with the scope attached)."""
+    def link_local(ns: str, dev: str) -> str | None:
+        out = sh("ip", "-n", ns, "-6", "-o", "addr", "show", "dev", dev, "scope", "link").stdout
+        m = re.search(r"inet6 (fe80::[0-9a-f:]+)/64", out)
+        return m.group(1) if m and "tentative" not in out else None
+
+    wait_until(lambda: link_local(pair.a, pair.dev_a), 10, "A's link-local address out of duplicate address detection")
+    ll = wait_until(lambda: link_local(pair.b, pair.dev_b), 10, "B's link-local address out of DAD")
+    target = f"{ll}%{pair.dev_a}"
+    with inside(pair.a):  # like an agent on that box: the interface name is looked up in its namespace
+        out, rec = probe(pair, kind, target, count=20, packet_interval=0.005)
+        assert out.ok, out
+        assert totals(rec, target) == (20, 20, 0)
+        conf = dict(interval=0.4, count=3, packet_interval=0.02, reply_timeout=0.2, timeout=0.35, socket=kind)
+        rec = fleet(pair, kind, V6, [IcmpConfig(target=target, **conf)], 1.0)  # type: ignore[arg-type]
+        sent, received, _ = totals(rec, target)
+        assert sent >= 6 and received == sent, (sent, received)
+        bad, _ = probe(pair, kind, f"{ll}%nosuchif0", count=1)
+    assert (bad.ok, bad.reason) == (False, "oserror")
+    assert "no interface 'nosuchif0'" in str(bad.detail["error"]), bad.detail

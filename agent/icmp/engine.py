@@ -110,7 +110,7 @@ class Round:
     next_due: float = 0.0
     end_due: float = float("inf")
     key: str = ""  # the address as replies name it (no %scope)
-    sockaddr: tuple[str, int] = ("", 0)  # for sendto
+    sockaddr: tuple[str, int] | tuple[str, int, int, int] = ("", 0)  # for sendto
     data: bytes = b""  # the payload
     data_sum: int = 0  # its ones'-complement word sum (for the IPv4 checksum)
 
@@ -262,6 +262,17 @@ class _Group:
                         self._error(ev)
 
 
+def _scope_index(scope: str, address: str) -> int:
+    """The interface index of an IPv6 scope (``fe80::1%eth0`` or ``%2``), found once per round: a
+    sendto with the name would look the interface up for every packet."""
+    if scope.isdigit():
+        return int(scope)
+    try:
+        return socket.if_nametoindex(scope)
+    except OSError:
+        raise OSError(errno.ENODEV, f"no interface {scope!r} (the scope of {address})") from None
+
+
 def _open(family: int, kind: str, tos: int, df: bool) -> socket.socket:
     proto = socket.IPPROTO_ICMP if family == socket.AF_INET else socket.IPPROTO_ICMPV6
     stype = socket.SOCK_DGRAM if kind == "dgram" else socket.SOCK_RAW
@@ -379,8 +390,8 @@ class Engine:
         g = self.group(family, kind, tos, df)
         rnd = Round(address, family, count, packet_interval, reply_timeout, size, g, 0,
                     None if on_done else self.loop.create_future(), on_done, tag)
-        rnd.key = address.partition("%")[0]
-        rnd.sockaddr = (address, 0)
+        rnd.key, _, scope = address.partition("%")
+        rnd.sockaddr = (rnd.key, 0, 0, _scope_index(scope, address)) if scope else (address, 0)
         rnd.data, rnd.data_sum = self.payload(size)
         self.bufsize = max(self.bufsize, size + 256)  # + IP header (raw IPv4) + ICMP header, with room
         self._begin(rnd, self.loop.time() if at is None else at)
