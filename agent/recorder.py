@@ -31,10 +31,6 @@ class _Hist:
         self.counts = [0] * (len(bounds) + 1)  # non-cumulative, last is +Inf
         self.sum = 0.0
 
-    def observe(self, v: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, v)] += 1
-        self.sum += v
-
     def observe_many(self, values: Iterable[float]) -> None:
         counts, bounds, where = self.counts, self.bounds, bisect.bisect_left
         for v in values:
@@ -52,17 +48,22 @@ class Recorder:
         self._hists: dict[SeriesKey, _Hist] = {}
         self._buckets = buckets or {}
         self._pending: list[Sample] = []
-        self._checked: set[SeriesKey] = set()
-        self._checked_names: dict[Labels, set[str]] = {}  # the same, by label set (for values())
+        self._checked: dict[Labels, set[str]] = {}  # label set -> names of the series checked with it
 
-    def _check(self, name: str, labels: Labels) -> None:
+    def _names(self, labels: Labels) -> set[str]:
+        names = self._checked.get(labels)
+        if names is None:
+            names = self._checked[labels] = set()
+        return names
+
+    def _check(self, name: str, labels: Labels, names: set[str] | None = None) -> None:
         """Every series is checked against the catalog once; later samples of it only look it up."""
-        key = (name, labels)
-        if key in self._checked:
+        names = self._names(labels) if names is None else names
+        if name in names:
             return
         if SORTED_LABELS[name] != tuple(k for k, _ in labels):  # KeyError: a metric missing from the catalog
             raise ValueError(f"{name}: labels {[k for k, _ in labels]} != catalog {list(METRICS[name].labels)}")
-        self._checked.add(key)
+        names.add(name)
 
     def gauge(self, name: str, labels: Labels, value: float, ts: float) -> None:
         self._check(name, labels)
@@ -83,19 +84,15 @@ class Recorder:
         # hot (the ICMP fleet: ~1,000 calls a second at 10,000 targets): one lookup of the label set
         # for the check, and the Sample tuples built without NamedTuple's Python-level __new__
         pending, totals, new, isfinite = self._pending, self._totals, tuple.__new__, math.isfinite
-        names = self._checked_names.get(labels)
-        if names is None:
-            names = self._checked_names[labels] = set()
+        names = self._names(labels)
         for name, value in gauges:
             if name not in names:
-                self._check(name, labels)
-                names.add(name)
+                self._check(name, labels, names)
             if isfinite(value):
                 pending.append(new(Sample, (name, labels, float(value), ts)))
         for name, amount in counters:
             if name not in names:
-                self._check(name, labels)
-                names.add(name)
+                self._check(name, labels, names)
             key = (name, labels)
             total = totals.get(key, 0.0) + amount
             totals[key] = total

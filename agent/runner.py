@@ -238,8 +238,7 @@ class IcmpFleet:
         record_outcome(self.rec, base, ok, reason, duration, ts, gauges, counters)
         self.rec.observe_many("mogli_icmp_rtt_seconds", base, got, ts)
         if rnd.group.sock.fileno() >= 0:  # the engine is still open: the same round again
-            self.engine.again(rnd, self._next(c, due))
-            self.rounds[i] = rnd
+            self.engine.again(rnd, self._next(c, due))  # self.rounds[i] is this Round already
 
 
 class Agent:

@@ -242,3 +242,33 @@ class Prometheus:
 
     def stop(self) -> None:
         self.proc.stop()
+
+
+def run_fleet(cfgs: list[Any], seconds: float, setup: Callable[[Any], None] | None = None) -> Any:
+    """The agent's ICMP fleet (every IP-address ICMP probe, rounds started by the engine) for ``seconds``;
+    returns its Recorder. ``setup(engine)`` runs first (e.g. opens the engine's sockets in a namespace)."""
+    import asyncio
+    import contextlib
+
+    from agent.icmp.engine import get_engine
+    from agent.recorder import Recorder
+    from agent.runner import IcmpFleet
+
+    async def main() -> Recorder:
+        eng = get_engine()
+        rec = Recorder()
+        try:
+            if setup is not None:
+                setup(eng)
+            task = asyncio.create_task(IcmpFleet(cfgs, rec).run())
+            try:
+                await asyncio.sleep(seconds)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        finally:
+            eng.close()
+        return rec
+
+    return asyncio.run(main())

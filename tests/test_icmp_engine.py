@@ -22,6 +22,7 @@ from helpers import (
     free_port,
     need,
     need_root,
+    run_fleet,
     sample_value,
     scrape,
     start_agent,
@@ -36,7 +37,7 @@ from agent.icmp.engine import ENV_SOCKET, get_engine
 from agent.probes.base import ProbeResult
 from agent.probes.icmp import IcmpConfig
 from agent.recorder import Recorder
-from agent.runner import IcmpFleet, run_probe
+from agent.runner import run_probe
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 TARGETS = {V4: "127.0.0.1", V6: "::1"}
@@ -184,23 +185,6 @@ def test_cli_bad_count_is_a_config_error() -> None:
     assert r.returncode == 2
     assert "<command line>:1: count: must be >= 1, got 0" in r.stderr
     assert "Traceback" not in r.stderr
-
-
-def run_fleet(cfgs: list[IcmpConfig], seconds: float) -> Recorder:
-    """The agent's ICMP fleet (every IP-address ICMP probe, rounds started by the engine) for ``seconds``."""
-    async def main() -> Recorder:
-        rec = Recorder()
-        task = asyncio.create_task(IcmpFleet(cfgs, rec).run())
-        try:
-            await asyncio.sleep(seconds)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            get_engine().close()
-        return rec
-
-    return asyncio.run(main())
 
 
 def test_fleet_runs_rounds_on_their_interval_and_records_what_the_probe_records() -> None:

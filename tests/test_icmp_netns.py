@@ -14,9 +14,10 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
-from helpers import need_root, tool, wait_until
+from helpers import need_root, run_fleet, tool, wait_until
 from netns import inside, netns, sh, unique
 
 from agent.icmp.engine import get_engine
@@ -267,24 +268,12 @@ def test_dscp_is_set_on_the_wire(pair: Pair, kind: str) -> None:
 
 def fleet(pair: Pair, kind: str, family: int, cfgs: list[IcmpConfig], seconds: float) -> Recorder:
     """The agent's ICMP fleet for ``seconds``, its socket opened in namespace A."""
-    from agent.runner import IcmpFleet
-
-    async def main() -> Recorder:
-        eng = get_engine()
-        rec = Recorder()
+    def open_socket(eng: Any) -> None:
         with inside(pair.a):
-            eng.group(family, kind, 0, False)  # type: ignore[arg-type]
-        task = asyncio.create_task(IcmpFleet(cfgs, rec).run())
-        try:
-            await asyncio.sleep(seconds)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            eng.close()
-        return rec
+            eng.group(family, kind, 0, False)
 
-    return asyncio.run(main())
+    rec: Recorder = run_fleet(cfgs, seconds, open_socket)
+    return rec
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -114,10 +114,6 @@ class Round:
     data: bytes = b""  # the payload
     data_sum: int = 0  # its ones'-complement word sum (for the IPv4 checksum)
 
-    @property
-    def received(self) -> int:
-        return sum(r is not None for r in self.rtts)
-
     def valid_rtts(self) -> list[float]:
         return [r for r in self.rtts if r is not None]
 
@@ -211,7 +207,7 @@ class _Group:
                 if not token.startswith(ev.data[:toklen]):
                     continue
                 seq = ev.seq
-            for rnd in rounds.get(src, ()):
+            for rnd in rounds.get(src, ()):  # find(), inline: this runs for every reply
                 i = (seq - rnd.start_seq) & 0xFFFF
                 if i < rnd.sent:
                     break

@@ -123,11 +123,12 @@ def round_values(st: RoundStats) -> tuple[list[tuple[str, float]], list[tuple[st
 
 
 def _record(cfg: IcmpConfig, rnd: Round, result: ProbeResult) -> RoundStats:
-    st = stats(rnd.rtts, rnd.sent, rnd.duplicates)
+    got = rnd.valid_rtts()
+    st = stats_of(got, rnd.sent, rnd.duplicates)
     gauges, counters = round_values(st)
     for name, v in counters:
         result.count(name, v)
-    result.observe("mogli_icmp_rtt_seconds", *rnd.valid_rtts())
+    result.observe("mogli_icmp_rtt_seconds", *got)
     for name, v in gauges:
         result.gauge(name, v)
 
