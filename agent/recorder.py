@@ -2,8 +2,9 @@
 
 Counters and histograms are cumulative at the source (DESIGN.md decision 2):
 ``inc`` adds to a total kept here, and every change emits a sample carrying the
-new total. Totals are saved with each spooled batch and restored at start, so
-they survive a restart of the agent.
+new total. The totals that changed are saved with each spooled batch (one row per
+series, :meth:`Recorder.changed_totals`) and restored at start, so they survive a
+restart of the agent.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from agent.catalog import METRICS, RTT_BUCKETS, SORTED_LABELS
 from agent.wire import Histogram, Sample
 
 Labels = tuple[tuple[str, str], ...]
-SeriesKey = tuple[str, Labels]
 
 
 class _Hist:
@@ -37,66 +37,92 @@ class _Hist:
             counts[where(bounds, v)] += 1
             self.sum += v
 
+    @classmethod
+    def load(cls, bounds: list[float], counts: list[int], total: float) -> _Hist:
+        h = cls(tuple(bounds))
+        h.counts, h.sum = list(counts), float(total)
+        return h
+
     def snapshot(self) -> Histogram:
-        cum = list(map(float, itertools.accumulate(self.counts)))
+        cum = list(itertools.accumulate(self.counts))  # ints: exact, and cheaper to write out than floats
         return Histogram(tuple(zip(self.les, cum, strict=True)), self.sum, cum[-1])
+
+
+class _LabelSet:
+    """Everything the recorder keeps about one label set: one dict lookup finds it (a probe run records
+    a dozen values with one label set; hashing the nested label tuple once per value showed in
+    bench/icmp.py)."""
+
+    __slots__ = ("checked", "hists", "key", "labels", "totals")
+
+    def __init__(self, labels: Labels):
+        self.labels = labels
+        self.checked: set[str] = set()  # names of the series checked against the catalog with these labels
+        self.totals: dict[str, float] = {}  # counter name -> running total
+        self.hists: dict[str, _Hist] = {}
+        self.key = ""  # the spool's row key (JSON), made when first saved
 
 
 class Recorder:
     def __init__(self, buckets: dict[str, tuple[float, ...]] | None = None):
-        self._totals: dict[SeriesKey, float] = {}
-        self._hists: dict[SeriesKey, _Hist] = {}
+        self._sets: dict[Labels, _LabelSet] = {}
         self._buckets = buckets or {}
         self._pending: list[Sample] = []
-        self._checked: dict[Labels, set[str]] = {}  # label set -> names of the series checked with it
+        self._dirty: set[_LabelSet] = set()  # label sets whose totals changed since totals_saved()
 
-    def _names(self, labels: Labels) -> set[str]:
-        names = self._checked.get(labels)
-        if names is None:
-            names = self._checked[labels] = set()
-        return names
+    def _set(self, labels: Labels) -> _LabelSet:
+        ls = self._sets.get(labels)
+        if ls is None:
+            ls = self._sets[labels] = _LabelSet(labels)
+        return ls
 
-    def _check(self, name: str, labels: Labels, names: set[str] | None = None) -> None:
+    @staticmethod
+    def _check(name: str, ls: _LabelSet) -> None:
         """Every series is checked against the catalog once; later samples of it only look it up."""
-        names = self._names(labels) if names is None else names
-        if name in names:
+        if name in ls.checked:
             return
+        labels = ls.labels
         if SORTED_LABELS[name] != tuple(k for k, _ in labels):  # KeyError: a metric missing from the catalog
             raise ValueError(f"{name}: labels {[k for k, _ in labels]} != catalog {list(METRICS[name].labels)}")
-        names.add(name)
+        ls.checked.add(name)
 
     def gauge(self, name: str, labels: Labels, value: float, ts: float) -> None:
-        self._check(name, labels)
+        self._check(name, self._set(labels))
         if math.isfinite(value):
             self._pending.append(Sample(name, labels, float(value), ts))
 
     def inc(self, name: str, labels: Labels, amount: float, ts: float) -> None:
-        self._check(name, labels)
-        key = (name, labels)
-        total = self._totals.get(key, 0.0) + amount
-        self._totals[key] = total
+        ls = self._set(labels)
+        self._check(name, ls)
+        total = ls.totals.get(name, 0.0) + amount
+        ls.totals[name] = total
+        self._dirty.add(ls)
         self._pending.append(Sample(name, labels, total, ts))
 
     def values(self, labels: Labels, ts: float, gauges: Iterable[tuple[str, float]],
                counters: Iterable[tuple[str, float]] = ()) -> None:
         """Gauges and counter increments of one label set at one time (a probe run's own values):
         what :meth:`gauge` and :meth:`inc` do for each, in one call."""
-        # hot (the ICMP fleet: ~1,000 calls a second at 10,000 targets): one lookup of the label set
-        # for the check, and the Sample tuples built without NamedTuple's Python-level __new__
-        pending, totals, new, isfinite = self._pending, self._totals, tuple.__new__, math.isfinite
-        names = self._names(labels)
+        # hot (the ICMP fleet: ~1,000 calls a second at 10,000 targets): one lookup of the label set,
+        # and the Sample tuples built without NamedTuple's Python-level __new__
+        pending, new, isfinite = self._pending, tuple.__new__, math.isfinite
+        ls = self._set(labels)
+        checked, totals = ls.checked, ls.totals
         for name, value in gauges:
-            if name not in names:
-                self._check(name, labels, names)
+            if name not in checked:
+                self._check(name, ls)
             if isfinite(value):
                 pending.append(new(Sample, (name, labels, float(value), ts)))
+        changed = False
         for name, amount in counters:
-            if name not in names:
-                self._check(name, labels, names)
-            key = (name, labels)
-            total = totals.get(key, 0.0) + amount
-            totals[key] = total
+            if name not in checked:
+                self._check(name, ls)
+            total = totals.get(name, 0.0) + amount
+            totals[name] = total
             pending.append(new(Sample, (name, labels, total, ts)))
+            changed = True
+        if changed:
+            self._dirty.add(ls)
 
     def set_total(self, name: str, labels: Labels, value: float, ts: float) -> None:
         """Record a counter kept elsewhere (a kernel counter) at its cumulative ``value``.
@@ -106,10 +132,12 @@ class Recorder:
         rate()/increase() treat a drop as a counter reset, which is exactly what happened. Values
         that are not finite or negative are not counters and are ignored.
         """
-        self._check(name, labels)
+        ls = self._set(labels)
+        self._check(name, ls)
         if not math.isfinite(value) or value < 0:
             return
-        self._totals[(name, labels)] = float(value)
+        ls.totals[name] = float(value)
+        self._dirty.add(ls)
         self._pending.append(Sample(name, labels, float(value), ts))
 
     def touch(self, name: str, labels: Labels, ts: float) -> None:
@@ -122,16 +150,18 @@ class Recorder:
     def observe_many(self, name: str, labels: Labels, values: Iterable[float], ts: float) -> None:
         """Observe several values at one time: one sample with the resulting histogram
         (an ICMP round's RTTs: one snapshot instead of one per packet)."""
-        key = (name, labels)
-        h = self._hists.get(key)
+        ls = self._set(labels)
+        h = ls.hists.get(name)
         if h is None:
-            self._check(name, labels)
-            h = self._hists[key] = _Hist(self._buckets.get(name, RTT_BUCKETS))
+            self._check(name, ls)
+            h = ls.hists[name] = _Hist(self._buckets.get(name, RTT_BUCKETS))
         h.observe_many(values)
+        self._dirty.add(ls)
         self._pending.append(tuple.__new__(Sample, (name, labels, h.snapshot(), ts)))
 
     def total(self, name: str, labels: Labels) -> float:
-        return self._totals.get((name, labels), 0.0)
+        ls = self._sets.get(labels)
+        return 0.0 if ls is None else ls.totals.get(name, 0.0)
 
     def drain(self) -> list[Sample]:
         """Samples recorded since the last drain, oldest first."""
@@ -139,30 +169,71 @@ class Recorder:
         return out
 
     # -- persistence with the spool ---------------------------------------------
-    def dump_totals(self) -> str:
-        return json.dumps(
-            {
-                "counters": [[n, list(map(list, lb)), v] for (n, lb), v in self._totals.items()],
-                "histograms": [
-                    [n, list(map(list, lb)), list(h.bounds), h.counts, h.sum] for (n, lb), h in self._hists.items()
-                ],
-            }
-        )
+    def changed_totals(self) -> list[tuple[str, str]]:
+        """(labels, totals) rows, JSON, one per label set whose counters or histograms changed since the
+        last :meth:`totals_saved`: what the spool stores with the next batch, in the same transaction.
+        A row holds all totals of its label set (an ICMP target's four counters and histogram).
 
-    def load_totals(self, text: str) -> None:
-        """Totals saved with the last spooled batch. Series whose metric left the catalog or whose
-        labels changed (an older agent's spool) are dropped: they would only be rejected."""
+        Only changed label sets: writing every total with every batch cost the agent ~8 % of a core at
+        10,000 ICMP targets (bench/icmp.py) and rewrote megabytes of flash each time."""
+        rows: list[tuple[str, str]] = []
+        bounds_json = _bounds_json
+        for ls in self._dirty:
+            if not ls.key:
+                ls.key = json.dumps([list(p) for p in ls.labels], separators=(",", ":"))
+            hists = ",".join([f'"{n}":[{bounds_json(h.bounds)},{h.counts!r},{h.sum!r}]' for n, h in ls.hists.items()])
+            rows.append((ls.key, f'{{"c":{json.dumps(ls.totals, separators=(",", ":"))},"h":{{{hists}}}}}'))
+        return rows
+
+    def totals_saved(self) -> None:
+        """The rows of :meth:`changed_totals` are stored (their batch is committed)."""
+        self._dirty = set()
+
+    def load_totals(self, rows: Iterable[tuple[str, str]]) -> None:
+        """Totals saved by :meth:`changed_totals`. Series whose metric left the catalog or whose labels
+        changed (an older agent's spool) are dropped: they would only be rejected."""
+        for k, v in rows:
+            labels = tuple((str(a), str(b)) for a, b in json.loads(k))
+            data = json.loads(v)
+            ls: _LabelSet | None = None
+            for name, total in data.get("c", {}).items():
+                if self._known(name, labels):
+                    ls = ls or self._set(labels)
+                    ls.totals[name] = float(total)
+            for name, (bounds, counts, s) in data.get("h", {}).items():
+                if self._known(name, labels):
+                    ls = ls or self._set(labels)
+                    ls.hists[name] = _Hist.load(bounds, counts, s)
+            if ls is not None:
+                ls.key = k
+
+    def load_legacy_totals(self, text: str) -> None:
+        """All totals as one JSON document: how spools before per-label-set rows kept them. They are
+        marked changed, so the next batch stores them as rows."""
         data: dict[str, Any] = json.loads(text)
-
-        def known(n: str, lb: list[list[str]]) -> Labels | None:
-            labels = tuple((str(a), str(b)) for a, b in lb)
-            return labels if SORTED_LABELS.get(n) == tuple(k for k, _ in labels) else None
-
         for n, lb, v in data.get("counters", []):
-            if (labels := known(n, lb)) is not None:
-                self._totals[(n, labels)] = float(v)
+            labels = tuple((str(a), str(b)) for a, b in lb)
+            if self._known(n, labels):
+                ls = self._set(labels)
+                ls.totals[n] = float(v)
+                self._dirty.add(ls)
         for n, lb, bounds, counts, s in data.get("histograms", []):
-            if (labels := known(n, lb)) is not None:
-                h = _Hist(tuple(bounds))
-                h.counts, h.sum = list(counts), float(s)
-                self._hists[(n, labels)] = h
+            labels = tuple((str(a), str(b)) for a, b in lb)
+            if self._known(n, labels):
+                ls = self._set(labels)
+                ls.hists[n] = _Hist.load(bounds, counts, s)
+                self._dirty.add(ls)
+
+    @staticmethod
+    def _known(name: str, labels: Labels) -> bool:
+        return SORTED_LABELS.get(name) == tuple(k for k, _ in labels)
+
+
+_BOUNDS_JSON: dict[tuple[float, ...], str] = {}
+
+
+def _bounds_json(bounds: tuple[float, ...]) -> str:
+    j = _BOUNDS_JSON.get(bounds)
+    if j is None:
+        j = _BOUNDS_JSON[bounds] = json.dumps(list(bounds))
+    return j

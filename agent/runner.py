@@ -137,24 +137,33 @@ def _labels(name: str, base: Labels, extra: Labels) -> Labels:
 
 GC_INTERVAL = 30.0
 """Seconds between the agent's garbage-collector passes (see :func:`gc_loop`)."""
+GC_FULL_EVERY = 10
+"""Every this many passes, one over every object (the others skip what survived earlier passes)."""
 
 
-async def gc_loop(interval: float = GC_INTERVAL) -> None:
+async def gc_loop(interval: float = GC_INTERVAL, full_every: int = GC_FULL_EVERY) -> None:
     """The agent's garbage collection: one pass every ``interval`` instead of the automatic ones.
 
     The agent allocates many short-lived containers (samples, histogram snapshots, round results)
     but hardly any reference cycles (reference counting frees the rest at once): at 10,000 ICMP
     targets the automatic passes ran ~12 % of a core with the default threshold and still ~1.4 %
-    with a raised one, collecting nothing (bench/icmp.py). Objects from start-up (modules, config)
-    are frozen out of every pass; cycles (an exception's traceback, aiohttp internals) live at most
-    ``interval`` seconds."""
+    with a raised one, collecting nothing (bench/icmp.py). What survives a pass (the probes' rounds,
+    the recorder's series) is frozen out of the next ones; every ``full_every`` passes they are
+    unfrozen and looked at again, so a cycle among them lives at most that long. Cycles among new
+    objects (an exception's traceback, aiohttp internals) live at most ``interval`` seconds."""
     gc.freeze()
     gc.disable()
+    passes = 0
     try:
         while True:
             await asyncio.sleep(interval)
+            passes += 1
+            if passes % full_every == 0:
+                gc.unfreeze()
             gc.collect()
+            gc.freeze()
     finally:
+        gc.unfreeze()
         gc.enable()
 
 
@@ -246,9 +255,10 @@ class Agent:
         self.cfg = cfg
         self.rec = Recorder()
         self.spool = Spool(cfg.spool.path, cfg.spool.max_bytes, cfg.spool.max_age)
-        saved = self.spool.totals()
-        if saved:
-            self.rec.load_totals(saved)
+        legacy = self.spool.legacy_totals()
+        if legacy:
+            self.rec.load_legacy_totals(legacy)
+        self.rec.load_totals(self.spool.totals())
         self.agent_start = time.time()
         self.wakeup = asyncio.Event()
         self.sender = Sender(cfg.collector, self.spool, self.rec, self.wakeup, token)
@@ -290,7 +300,8 @@ class Agent:
                 wire.Report(cfg.node, cfg.site, self.spool.stream, seq, self.agent_start, tuple(samples))
             )
 
-        seq = self.spool.append(build, len(samples), self.rec.dump_totals(), now)
+        seq = self.spool.append(build, len(samples), self.rec.changed_totals(), now)
+        self.rec.totals_saved()
         self.wakeup.set()
         return seq
 

@@ -3,9 +3,10 @@
 SQLite in WAL mode (stdlib). A batch leaves the spool only when the collector
 acknowledged it, or when the spool is over its size or age bound, oldest first,
 and then it is counted as dropped. The sequence number, the spool's random
-stream id and the agent's running totals live in the same database and change
-in the same transaction as the batch they belong to, so a kill -9 at any point
-leaves a consistent spool.
+stream id and the agent's running totals (one row per label set, only the
+changed ones written) live in the same database and change in the
+same transaction as the batch they belong to, so a kill -9 at any point leaves
+a consistent spool.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ CREATE TABLE IF NOT EXISTS batches (
     samples INTEGER NOT NULL,
     body BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS totals (labels TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -75,12 +77,19 @@ class Spool:
     def _set(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
-    def totals(self) -> str | None:
-        """The running totals saved with the newest batch (JSON), if any."""
+    def totals(self) -> list[tuple[str, str]]:
+        """The running totals saved so far: (labels, totals) rows (agent/recorder.py writes and reads them)."""
+        return [(str(k), str(v)) for k, v in self.db.execute("SELECT labels, value FROM totals")]
+
+    def legacy_totals(self) -> str | None:
+        """Totals as one JSON document, as spools before the per-series rows kept them (removed by the
+        next :meth:`append`, which stores them as rows)."""
         return self._meta("totals")
 
-    def append(self, build: Callable[[int], bytes], samples: int, totals: str, now: float | None = None) -> int:
-        """Store one batch; ``build(seq)`` makes its body. Returns the sequence number."""
+    def append(self, build: Callable[[int], bytes], samples: int, totals: Iterable[tuple[str, str]] = (),
+               now: float | None = None) -> int:
+        """Store one batch and the totals that changed with it; ``build(seq)`` makes its body. Returns
+        the sequence number."""
         now = time.time() if now is None else now
         with self._tx():
             seq = int(self._meta("next_seq") or "1")
@@ -89,7 +98,8 @@ class Spool:
                 "INSERT INTO batches(seq, created, samples, body) VALUES (?,?,?,?)", (seq, now, samples, body)
             )
             self._set("next_seq", str(seq + 1))
-            self._set("totals", totals)
+            self.db.executemany("INSERT OR REPLACE INTO totals(labels, value) VALUES (?, ?)", totals)
+            self.db.execute("DELETE FROM meta WHERE key='totals'")
             self._enforce(now)
         return seq
 

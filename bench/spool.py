@@ -37,7 +37,7 @@ def _fill(spool: Spool, n: int, start: float, stream_node: str = "bench") -> Non
         ts = start + i * INTERVAL
         samples = _batch_samples(ts)
         spool.append(lambda seq, s=samples, ts=ts: wire.encode(
-            wire.Report(stream_node, "bench", spool.stream, seq, start, s)), len(samples), "{}", ts)
+            wire.Report(stream_node, "bench", spool.stream, seq, start, s)), len(samples), (), ts)
 
 
 def write_rate() -> dict[str, Any]:
@@ -86,7 +86,7 @@ async def _drain(port: int, token: str, d: Path, cls: type[Sender], name: str) -
     while not backlog <= set(acked) or any(s not in acked for s in live):
         samples = _batch_samples(time.time())
         seq = spool.append(lambda s, smp=samples: wire.encode(
-            wire.Report(name, "bench", spool.stream, s, now, smp)), len(samples), "{}", time.time())
+            wire.Report(name, "bench", spool.stream, s, now, smp)), len(samples), (), time.time())
         live[seq] = time.time()
         wake.set()
         await asyncio.sleep(1.0)  # live batches every second (report_interval 1 s in this run)

@@ -28,10 +28,10 @@ OUTAGE = 120.0  # seconds the collector is away (issue 5 asks for 2 minutes)
 
 def _agent_totals(spool: Path) -> dict[str, float]:
     db = sqlite3.connect(spool)
-    row = db.execute("SELECT value FROM meta WHERE key='totals'").fetchone()
     out = {}
-    for name, labels, value in json.loads(row[0])["counters"]:
-        out[name + json.dumps(sorted(map(tuple, labels)))] = value
+    for labels, value in db.execute("SELECT labels, value FROM totals"):
+        for name, total in json.loads(value)["c"].items():
+            out[name + json.dumps(sorted(map(tuple, json.loads(labels))))] = total
     return out
 
 

@@ -54,31 +54,37 @@ json_values = st.recursive(
 )
 
 
-def _valid_obj(seq: int, value: float) -> dict:
+def _valid_obj(seq: int, value: float, version: int = wire.VERSION) -> dict:
     s = wire.Sample("mogli_probe_success", (("probe", "tcp"), ("target", "sw")), value, T0 + seq)
-    return wire.report_body(wire.Report("stiftsplatz", "maikerwe-2026", STREAM, seq, T0, (s,)))
+    return wire.report_body(wire.Report("stiftsplatz", "maikerwe-2026", STREAM, seq, T0, (s,)), version)
 
 
 @st.composite
 def mutated_reports(draw: st.DrawFn) -> bytes:
-    obj = _valid_obj(draw(st.integers(2, 10**6)), 0.0)
-    path = draw(st.sampled_from(["version", "node", "site", "stream", "seq", "agent_start", "samples",
+    version = draw(st.sampled_from(wire.VERSIONS))  # what agents send, and what older agents spooled
+    obj = _valid_obj(draw(st.integers(2, 10**6)), 0.0, version)
+    path = draw(st.sampled_from(["version", "node", "site", "stream", "seq", "agent_start", "samples", "groups",
                                  "sample.name", "sample.type", "sample.labels", "sample.value", "sample.ts",
                                  "sample.extra", "label.value", "label.name"]))
     junk = draw(json_values)
-    s = obj["samples"][0]
+    if version == 1:
+        s, labels = obj["samples"][0], obj["samples"][0]["labels"]
+    else:
+        s, labels = obj["groups"][0], obj["groups"][0]["labels"]
     if path.startswith("sample."):
         key = path.split(".")[1]
-        if key == "extra":
-            s["extra"] = junk
+        if key == "extra" or (key == "type" and version == 2):
+            s[key] = junk
         elif key == "value" and isinstance(junk, int | float) and not isinstance(junk, bool):
-            s["value"] = "NaN"
+            (s if version == 1 else s["values"][0])[key if version == 1 else 1] = "NaN"
+        elif key in ("name", "value") and version == 2:
+            s["values"][0][0 if key == "name" else 1] = junk
         else:
             s[key] = junk
     elif path == "label.value":
-        s["labels"]["target"] = junk if not isinstance(junk, str) else junk + "x" * 300
+        labels["target"] = junk if not isinstance(junk, str) else junk + "x" * 300
     elif path == "label.name":
-        s["labels"][draw(st.sampled_from(["node", "__name__", "1bad", "le", "site"]))] = "x"
+        labels[draw(st.sampled_from(["node", "__name__", "1bad", "le", "site"]))] = "x"
     else:
         obj[path] = junk
     try:  # a mutation that happens to be valid (site "a", seq 7) is not hostile: skip it

@@ -13,6 +13,7 @@ import itertools
 import os
 import socket
 import subprocess
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -265,3 +266,46 @@ def test_agent_reports_icmp_metrics_to_the_collector(tmp_path: Path) -> None:
         if agent is not None:
             agent.stop()
         col.stop()
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.other: _Node | None = None
+
+
+def _cycle() -> weakref.ref[_Node]:
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+
+def test_gc_loop_frees_cycles_new_ones_each_pass_old_ones_at_the_full_pass() -> None:
+    """The agent's own collector (automatic passes off): a reference cycle made while it runs is freed
+    by the next pass; one that survived a pass (frozen since) by the next full pass."""
+    import gc
+
+    from agent.runner import gc_loop
+
+    async def main() -> tuple[bool, bool, bool]:
+        task = asyncio.create_task(gc_loop(interval=0.2, full_every=3))
+        await asyncio.sleep(0.1)
+        assert not gc.isenabled()
+        old = _cycle()  # unreachable, but only the collector can free it
+        keep = _Node()
+        keep.other = keep  # a live object in a cycle: survives, frozen after the first pass
+        await asyncio.sleep(0.2)  # pass 1 (t=0.2)
+        freed_new = old() is None
+        held = weakref.ref(keep)
+        del keep  # now garbage, but frozen: passes 2 skips it, the full pass 3 frees it
+        await asyncio.sleep(0.2)  # pass 2 (t=0.4)
+        kept_while_frozen = held() is not None
+        await asyncio.sleep(0.2)  # pass 3 (t=0.6): full
+        freed_old = held() is None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return freed_new, kept_while_frozen, freed_old
+
+    freed_new, kept_while_frozen, freed_old = asyncio.run(main())
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # put back as it was
+    assert freed_new and kept_while_frozen and freed_old

@@ -128,7 +128,7 @@ def test_recorder_keeps_kernel_counters_as_is_across_a_restart_of_the_agent() ->
     rec.set_total("mogli_interface_receive_bytes_total", lab, 9000, 1.0)
     rec.set_total("mogli_interface_receive_bytes_total", lab, float("nan"), 2.0)  # not a counter value: ignored
     rec.set_total("mogli_interface_receive_bytes_total", lab, -1, 3.0)
-    saved = rec.dump_totals()
+    saved = rec.changed_totals()
     assert [s.value for s in rec.drain()] == [9000]
     again = Recorder()  # the agent restarted; the kernel kept counting
     again.load_totals(saved)

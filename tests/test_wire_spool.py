@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent import wire
+from agent.catalog import RTT_BUCKETS as RTT_BOUNDS
 from agent.recorder import Recorder
 from agent.spool import Spool
 
@@ -40,31 +41,105 @@ def test_histogram_value_round_trip() -> None:
     assert wire._histogram(json.loads(json.dumps(body)), "v") == h
 
 
+def test_encode_writes_the_version_2_body_and_parse_reads_it_back() -> None:
+    """The fast writer and the plain statement of the format (report_body) agree, byte for byte after
+    JSON decoding, on what a recorder makes: runs of values with one label set and time grouped."""
+    rec = Recorder()
+    a = (("probe", "icmp"), ("target", "gw"))
+    rec.values(a, T0 + 1, [("mogli_probe_success", 1.0), ("mogli_icmp_rtt_avg_seconds", 1.25e-05)],
+               [("mogli_probe_runs_total", 1.0)])
+    rec.observe_many("mogli_icmp_rtt_seconds", a, [0.0004, 0.002, 0.3], T0 + 1)
+    rec.inc("mogli_probe_failures_total", (("probe", "icmp"), ("reason", "timeout"), ("target", "gw")), 1, T0 + 1)
+    rec.gauge("mogli_probe_success", a, 0.0, T0 + 2)
+    rec.gauge("mogli_agent_spool_bytes", (), 1e16, T0 + 2)
+    r = _report(tuple(rec.drain()))
+    obj = json.loads(wire.decompress(wire.encode(r), "gzip", 10**6))
+    assert obj == wire.report_body(r)
+    assert [len(g["values"]) for g in obj["groups"]] == [4, 1, 1, 1]  # one probe run is one group
+    assert obj["groups"][0]["values"][3] == ["mogli_icmp_rtt_seconds", {
+        "buckets": [[le, sum(v <= le for v in (0.0004, 0.002, 0.3))] for le in RTT_BOUNDS] + [["+Inf", 3]],
+        "sum": 0.3024, "count": 3}]
+    assert wire.parse(obj) == r
+    empty = _report()
+    assert wire.parse(json.loads(wire.decompress(wire.encode(empty), "gzip", 10**6))) == empty
+
+
+def test_encode_leaves_out_values_that_are_not_finite() -> None:
+    s = [wire.Sample("mogli_probe_success", (("probe", "tcp"), ("target", "a")), v, T0) for v in
+         (float("nan"), 1.0, float("inf"))]
+    s.append(wire.Sample("mogli_probe_success", (("probe", "tcp"), ("target", "b")), float("nan"), T0))
+    back = wire.parse(json.loads(wire.decompress(wire.encode(_report(tuple(s))), "gzip", 10**6)))
+    assert [x.value for x in back.samples] == [1.0]
+
+
+def test_version_1_bodies_of_older_agents_are_still_read() -> None:
+    s = wire.Sample("mogli_probe_success", (("probe", "tcp"), ("target", "a")), 1.0, T0)
+    obj = wire.report_body(_report((s,)), version=1)
+    assert obj["samples"][0] == {"name": "mogli_probe_success", "type": "gauge",
+                                 "labels": {"probe": "tcp", "target": "a"}, "value": 1.0, "ts": T0}
+    assert wire.parse(obj) == _report((s,))
+
+
 @pytest.mark.parametrize(
-    ("mutate", "path", "fragment"),
+    ("version", "mutate", "path", "fragment"),
     [
-        (lambda o: o.pop("seq"), "seq", "missing"),
-        (lambda o: o.update(seq=0), "seq", ">= 1"),
-        (lambda o: o.update(version=2), "version", "unsupported"),
-        (lambda o: o.update(node="../etc"), "node", "does not match"),
-        (lambda o: o.update(extra=1), "extra", "unknown field"),
-        (lambda o: o["samples"][0].update(name="evil_metric"), "samples[0].name", "unknown metric"),
-        (lambda o: o["samples"][0].update(type="counter"), "samples[0].type", "is a gauge"),
-        (lambda o: o["samples"][0].update(value="1"), "samples[0].value", "expected a number"),
-        (lambda o: o["samples"][0].update(value=float("nan")), "samples[0].value", "finite"),
-        (lambda o: o["samples"][0]["labels"].update(node="x"), "samples[0].labels.node", "reserved"),
-        (lambda o: o["samples"][0]["labels"].update(target="x" * 300), "samples[0].labels.target", "longer"),
-        (lambda o: o["samples"][0]["labels"].pop("probe"), "samples[0].labels", "missing label"),
-        (lambda o: o["samples"][0].update(ts=-5), "samples[0].ts", "out of range"),
+        (2, lambda o: o.pop("seq"), "seq", "missing"),
+        (2, lambda o: o.update(seq=0), "seq", ">= 1"),
+        (2, lambda o: o.update(version=3), "version", "unsupported"),
+        (2, lambda o: o.update(version=True), "version", "unsupported"),
+        (2, lambda o: o.update(node="../etc"), "node", "does not match"),
+        (2, lambda o: o.update(extra=1), "extra", "unknown field"),
+        (2, lambda o: o.update(samples=[]), "samples", "unknown field"),
+        (2, lambda o: o["groups"][0].update(extra=1), "groups[0]", "exactly the fields"),
+        (2, lambda o: o["groups"][0].update(values=[]), "groups[0].values", "non-empty"),
+        (2, lambda o: o["groups"][0]["values"].append(["mogli_probe_success"]), "groups[0].values[1]", "[name, value]"),
+        (2, lambda o: o["groups"][0]["values"][0].__setitem__(0, "evil_metric"), "groups[0].values[0][0]",
+         "unknown metric"),
+        (2, lambda o: o["groups"][0]["values"][0].__setitem__(1, "1"), "groups[0].values[0][1]", "expected a number"),
+        (2, lambda o: o["groups"][0]["values"][0].__setitem__(1, {"buckets": []}), "groups[0].values[0][1]",
+         "expected a number"),
+        (2, lambda o: o["groups"][0]["values"].append(["mogli_probe_runs_total", -1]), "groups[0].values[1][1]",
+         "negative"),
+        (2, lambda o: o["groups"][0]["values"].append(["mogli_icmp_rtt_seconds", 3]), "groups[0].values[1][1]",
+         "histogram value"),
+        (2, lambda o: o["groups"][0]["values"].append(["mogli_agent_spool_bytes", 3]), "groups[0].labels",
+         "mogli_agent_spool_bytes has the labels none"),
+        (2, lambda o: o["groups"][0]["labels"].update(node="x"), "groups[0].labels.node", "reserved"),
+        (2, lambda o: o["groups"][0]["labels"].update(target="x" * 300), "groups[0].labels.target", "longer"),
+        (2, lambda o: o["groups"][0]["labels"].pop("probe"), "groups[0].labels", "has the labels probe, target"),
+        (2, lambda o: o["groups"][0].update(ts=-5), "groups[0].ts", "out of range"),
+        (1, lambda o: o.update(groups=[]), "groups", "unknown field"),
+        (1, lambda o: o["samples"][0].update(name="evil_metric"), "samples[0].name", "unknown metric"),
+        (1, lambda o: o["samples"][0].update(type="counter"), "samples[0].type", "is a gauge"),
+        (1, lambda o: o["samples"][0].update(value="1"), "samples[0].value", "expected a number"),
+        (1, lambda o: o["samples"][0].update(value=float("nan")), "samples[0].value", "finite"),
+        (1, lambda o: o["samples"][0]["labels"].update(node="x"), "samples[0].labels.node", "reserved"),
+        (1, lambda o: o["samples"][0]["labels"].update(station="x"), "samples[0].labels.station", "has no label"),
+        (1, lambda o: o["samples"][0]["labels"].update(target="x" * 300), "samples[0].labels.target", "longer"),
+        (1, lambda o: o["samples"][0]["labels"].pop("probe"), "samples[0].labels", "missing label"),
+        (1, lambda o: o["samples"][0].update(ts=-5), "samples[0].ts", "out of range"),
     ],
 )
-def test_bad_fields_are_named(mutate, path: str, fragment: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_fields_are_named(version: int, mutate, path: str, fragment: str) -> None:  # type: ignore[no-untyped-def]
+    """Version 2 as the agent writes it, version 1 as older agents spooled it."""
     s = wire.Sample("mogli_probe_success", (("probe", "tcp"), ("target", "a")), 1.0, T0)
-    obj = wire.report_body(_report((s,)))
+    if version == 2:
+        obj = json.loads(wire.decompress(wire.encode(_report((s,))), "gzip", 10**6))
+    else:
+        obj = wire.report_body(_report((s,)), version=1)
     mutate(obj)
     with pytest.raises(wire.WireError) as e:
         wire.parse(obj)
     assert e.value.path == path and fragment in e.value.message
+
+
+def test_too_many_samples_is_413_in_both_versions() -> None:
+    s = wire.Sample("mogli_probe_success", (("probe", "tcp"), ("target", "a")), 1.0, T0)
+    many = _report(tuple(s._replace(ts=T0 + i % 2) for i in range(wire.MAX_SAMPLES + 1)))
+    for version in (1, 2):
+        with pytest.raises(wire.WireError) as e:
+            wire.parse(wire.report_body(many, version))
+        assert e.value.status == 413
 
 
 def test_gzip_bomb_and_broken_gzip_are_refused() -> None:
@@ -79,7 +154,7 @@ def test_gzip_bomb_and_broken_gzip_are_refused() -> None:
 
 
 def _append(sp: Spool, n: int, size: int = 10, now: float = T0) -> list[int]:
-    return [sp.append(lambda seq: b"x" * size, 1, "{}", now + i) for i in range(n)]
+    return [sp.append(lambda seq: b"x" * size, 1, (), now + i) for i in range(n)]
 
 
 def test_spool_sequence_survives_reopen_and_kill(tmp_path: Path) -> None:
@@ -103,23 +178,61 @@ def test_spool_bound_drops_oldest_and_counts(tmp_path: Path) -> None:
     assert st.bytes <= 100_000 and st.dropped == 30 - st.batches
     assert sp.oldest().seq == seqs[-st.batches]  # type: ignore[union-attr]
     # age bound: everything older than an hour goes when a new batch arrives
-    sp.append(lambda seq: b"y", 1, "{}", T0 + 7200)
+    sp.append(lambda seq: b"y", 1, (), T0 + 7200)
     assert sp.stats().batches == 1 and sp.stats().dropped == 30
 
 
-def test_spool_keeps_totals_with_the_batch(tmp_path: Path) -> None:
+def _saved(rec: Recorder, sp: Spool, now: float = T0) -> int:
+    """What Agent.cut_batch does with the totals: the changed ones go with the batch."""
+    seq = sp.append(lambda seq: b"b", 1, rec.changed_totals(), now)
+    rec.totals_saved()
+    return seq
+
+
+def test_spool_keeps_totals_with_the_batch_and_writes_only_changed_ones(tmp_path: Path) -> None:
+    a, b = (("probe", "tcp"), ("target", "a")), (("probe", "tcp"), ("target", "b"))
+    icmp = (("probe", "icmp"), ("target", "gw"))
+    rec = Recorder()
+    rec.inc("mogli_probe_runs_total", a, 5, T0)
+    rec.inc("mogli_probe_runs_total", b, 1, T0)
+    rec.observe_many("mogli_icmp_rtt_seconds", icmp, [0.0004, 0.03], T0)
+    sp = Spool(tmp_path / "s.db", 10**6, 10**6)
+    _saved(rec, sp)
+    rec.inc("mogli_probe_runs_total", a, 2, T0 + 1)
+    rows = rec.changed_totals()  # only a's row: b's and the histogram's are stored already
+    assert [(json.loads(k), json.loads(v)) for k, v in rows] == [([list(x) for x in a],
+                                                                   {"c": {"mogli_probe_runs_total": 7.0}, "h": {}})]
+    _saved(rec, sp, T0 + 1)
+    assert rec.changed_totals() == []
+    sp.close()
+    again = Recorder()  # the agent restarted
+    again.load_totals(Spool(tmp_path / "s.db", 10**6, 10**6).totals())
+    assert again.total("mogli_probe_runs_total", a) == 7 and again.total("mogli_probe_runs_total", b) == 1
+    again.observe("mogli_icmp_rtt_seconds", icmp, 0.5, T0 + 2)
+    h = again.drain()[-1].value
+    assert isinstance(h, wire.Histogram) and h.count == 3 and h.sum == pytest.approx(0.5304)
+
+
+def test_totals_survive_a_failed_append(tmp_path: Path) -> None:
+    """A batch that cannot be stored keeps its totals pending for the next one."""
     rec = Recorder()
     rec.inc("mogli_probe_runs_total", (("probe", "tcp"), ("target", "a")), 5, T0)
     sp = Spool(tmp_path / "s.db", 10**6, 10**6)
-    sp.append(lambda seq: b"b", 1, rec.dump_totals(), T0)
-    rec2 = Recorder()
-    rec2.load_totals(sp.totals() or "{}")
-    assert rec2.total("mogli_probe_runs_total", (("probe", "tcp"), ("target", "a"))) == 5
+
+    def broken(seq: int) -> bytes:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        sp.append(broken, 1, rec.changed_totals(), T0)
+    assert sp.totals() == []
+    _saved(rec, sp)
+    assert [json.loads(v)["c"] for _, v in sp.totals()] == [{"mogli_probe_runs_total": 5.0}]
 
 
-def test_totals_of_series_the_catalog_no_longer_has_are_dropped_on_load() -> None:
-    """An older agent's spool may hold series whose metric is gone or whose labels changed: they are
-    dropped at start (they would only make the collector reject batches); the rest carry on."""
+def test_totals_of_an_older_spool_are_carried_over(tmp_path: Path) -> None:
+    """Spools before per-series rows kept all totals as one JSON document in meta: they are loaded,
+    stored as rows with the next batch, and the document goes. Series whose metric is gone or whose
+    labels changed are dropped (they would only make the collector reject batches); the rest carry on."""
     saved = json.dumps({
         "counters": [["mogli_probe_runs_total", [["probe", "tcp"], ["target", "a"]], 5],
                      ["mogli_probe_runs_total", [["probe", "tcp"]], 7],
@@ -127,13 +240,22 @@ def test_totals_of_series_the_catalog_no_longer_has_are_dropped_on_load() -> Non
         "histograms": [["mogli_icmp_rtt_seconds", [["probe", "icmp"], ["target", "a"]], [0.1], [2, 1], 0.3],
                        ["mogli_icmp_rtt_seconds", [["target", "a"]], [0.1], [2, 1], 0.3]],
     })
+    sp = Spool(tmp_path / "s.db", 10**6, 10**6)
+    sp.db.execute("INSERT INTO meta(key, value) VALUES ('totals', ?)", (saved,))
     rec = Recorder()
-    rec.load_totals(saved)
-    rec.observe("mogli_icmp_rtt_seconds", (("probe", "icmp"), ("target", "a")), 0.05, T0)
-    assert json.loads(rec.dump_totals()) == {
-        "counters": [["mogli_probe_runs_total", [["probe", "tcp"], ["target", "a"]], 5.0]],
-        "histograms": [["mogli_icmp_rtt_seconds", [["probe", "icmp"], ["target", "a"]], [0.1], [3, 1], 0.35]],
-    }
+    rec.load_legacy_totals(sp.legacy_totals() or "")
+    rec.load_totals(sp.totals())
+    _saved(rec, sp)
+    assert sp.legacy_totals() is None
+    rows = {k: json.loads(v) for k, v in sp.totals()}
+    assert rows == {'[["probe","tcp"],["target","a"]]': {"c": {"mogli_probe_runs_total": 5.0}, "h": {}},
+                    '[["probe","icmp"],["target","a"]]': {"c": {},
+                                                          "h": {"mogli_icmp_rtt_seconds": [[0.1], [2, 1], 0.3]}}}
+    again = Recorder()
+    again.load_totals(sp.totals())
+    again.observe("mogli_icmp_rtt_seconds", (("probe", "icmp"), ("target", "a")), 0.05, T0)
+    h = again.drain()[-1].value
+    assert isinstance(h, wire.Histogram) and h.buckets == ((0.1, 3), (math.inf, 4)) and h.sum == pytest.approx(0.35)
 
 
 def test_spool_is_a_plain_sqlite_wal_database(tmp_path: Path) -> None:
