@@ -112,13 +112,16 @@ class Round:
     key: str = ""  # the address as replies name it (no %scope)
     sockaddr: tuple[str, int] | tuple[str, int, int, int] = ("", 0)  # for sendto
     data: bytes = b""  # the payload
-    data_sum: int = 0  # its ones'-complement word sum (for the IPv4 checksum)
+    pkt: bytearray = field(default_factory=bytearray)  # the echo request; each send writes its checksum and sequence
+    ident: int = 0  # the identifier we write (0 on datagram sockets: the kernel fills it in)
+    csum_base: int = -1  # raw IPv4: the checksum's word sum without the sequence; -1: the kernel computes it
 
     def valid_rtts(self) -> list[float]:
         return [r for r in self.rtts if r is not None]
 
 
 _IDSEQ = struct.Struct("!HH")
+_CSUM_ID_SEQ = struct.Struct("!HHH")  # an echo header from byte 2: checksum, identifier, sequence
 
 
 class _Group:
@@ -388,7 +391,11 @@ class Engine:
                     None if on_done else self.loop.create_future(), on_done, tag)
         rnd.key, _, scope = address.partition("%")
         rnd.sockaddr = (rnd.key, 0, 0, _scope_index(scope, address)) if scope else (address, 0)
-        rnd.data, rnd.data_sum = self.payload(size)
+        rnd.data, data_sum = self.payload(size)
+        rnd.ident = g.send_ident
+        rnd.pkt = bytearray(pk.build_echo(family, rnd.ident, 0, rnd.data, data_sum))
+        if family == socket.AF_INET and g.raw:  # datagram sockets and ICMPv6: the kernel fills the checksum in
+            rnd.csum_base = (pk.ICMP_ECHO_REQUEST << 8) + rnd.ident + data_sum
         self.bufsize = max(self.bufsize, size + 256)  # + IP header (raw IPv4) + ICMP header, with room
         self._begin(rnd, self.loop.time() if at is None else at)
         return rnd
@@ -499,7 +506,7 @@ class Engine:
         horizon = int((now + slack) * 1000)  # sends a little early batch up; round ends never come early
         later: list[Round] = []
         sent = 0
-        build, time_ns, errs = pk.build_echo, time.time_ns, (errno.EHOSTUNREACH, errno.ENETUNREACH)
+        header, time_ns, errs = _CSUM_ID_SEQ.pack_into, time.time_ns, (errno.EHOSTUNREACH, errno.ENETUNREACH)
         while heap and heap[0] <= horizon:
             for rnd in slots.pop(heapq.heappop(heap)):
                 if rnd.done:
@@ -507,7 +514,14 @@ class Engine:
                 g = rnd.group
                 i = rnd.sent
                 seq = (rnd.start_seq + i) & 0xFFFF
-                pkt = build(rnd.family, g.send_ident, seq, rnd.data, rnd.data_sum)
+                pkt, base = rnd.pkt, rnd.csum_base
+                if base >= 0:  # pk.build_echo's checksum, the payload's share summed once per round
+                    base += seq
+                    base = (base & 0xFFFF) + (base >> 16)
+                    base = (base & 0xFFFF) + (base >> 16)
+                    header(pkt, 2, ~base & 0xFFFF, rnd.ident, seq)
+                else:
+                    header(pkt, 2, 0, rnd.ident, seq)
                 rnd.sent = i + 1
                 rnd.rtts.append(None)
                 rnd.send_ns.append(time_ns())  # right before sendto: the RTT's start
