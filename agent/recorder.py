@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from agent import wire
 from agent.catalog import METRICS, RTT_BUCKETS, SORTED_LABELS
 from agent.wire import Histogram, Sample
 
@@ -53,7 +54,7 @@ class _LabelSet:
     a dozen values with one label set; hashing the nested label tuple once per value showed in
     bench/icmp.py)."""
 
-    __slots__ = ("checked", "hists", "key", "labels", "totals")
+    __slots__ = ("checked", "hists", "json", "key", "labels", "totals")
 
     def __init__(self, labels: Labels):
         self.labels = labels
@@ -61,13 +62,24 @@ class _LabelSet:
         self.totals: dict[str, float] = {}  # counter name -> running total
         self.hists: dict[str, _Hist] = {}
         self.key = ""  # the spool's row key (JSON), made when first saved
+        self.json = ""  # the labels as a report writes them (wire.labels_json), made when first needed
 
 
 class Recorder:
-    def __init__(self, buckets: dict[str, tuple[float, ...]] | None = None):
+    """Running totals and what was recorded since the last drain.
+
+    ``encoded=False`` keeps samples (:meth:`drain`); ``encoded=True`` (the agent) writes each call's
+    values out as one group of the report format right away (:meth:`drain_groups`): at 10,000 ICMP
+    targets, building 13 sample tuples per round and writing them out two seconds later, when they
+    had left the CPU caches, cost the agent more than recording them (bench/icmp.py)."""
+
+    def __init__(self, buckets: dict[str, tuple[float, ...]] | None = None, *, encoded: bool = False):
         self._sets: dict[Labels, _LabelSet] = {}
         self._buckets = buckets or {}
+        self._encoded = encoded
         self._pending: list[Sample] = []
+        self._groups: list[str] = []  # encoded: report groups (wire.group_json) since the last drain
+        self._count = 0  # encoded: the values in them
         self._dirty: set[_LabelSet] = set()  # label sets whose totals changed since totals_saved()
 
     def _set(self, labels: Labels) -> _LabelSet:
@@ -86,10 +98,26 @@ class Recorder:
             raise ValueError(f"{name}: labels {[k for k, _ in labels]} != catalog {list(METRICS[name].labels)}")
         ls.checked.add(name)
 
+    def _emit(self, ls: _LabelSet, ts: float, items: list[tuple[str, float | Histogram]]) -> None:
+        """Values of one label set at one time (finite numbers and histograms)."""
+        if not items:
+            return
+        if self._encoded:
+            if not ls.json:
+                ls.json = wire.labels_json(ls.labels)
+            hist = wire.histogram_json
+            texts = [f'["{n}",{v!r}]' if isinstance(v, float) else f'["{n}",{hist(v)}]' for n, v in items]
+            self._groups.append(wire.group_json(ls.json, ts, texts))
+            self._count += len(texts)
+        else:
+            labels, new = ls.labels, tuple.__new__  # without NamedTuple's Python-level __new__
+            self._pending += [new(Sample, (n, labels, v, ts)) for n, v in items]
+
     def gauge(self, name: str, labels: Labels, value: float, ts: float) -> None:
-        self._check(name, self._set(labels))
+        ls = self._set(labels)
+        self._check(name, ls)
         if math.isfinite(value):
-            self._pending.append(Sample(name, labels, float(value), ts))
+            self._emit(ls, ts, [(name, float(value))])
 
     def inc(self, name: str, labels: Labels, amount: float, ts: float) -> None:
         ls = self._set(labels)
@@ -97,32 +125,32 @@ class Recorder:
         total = ls.totals.get(name, 0.0) + amount
         ls.totals[name] = total
         self._dirty.add(ls)
-        self._pending.append(Sample(name, labels, total, ts))
+        self._emit(ls, ts, [(name, total)])
 
     def values(self, labels: Labels, ts: float, gauges: Iterable[tuple[str, float]],
                counters: Iterable[tuple[str, float]] = ()) -> None:
         """Gauges and counter increments of one label set at one time (a probe run's own values):
         what :meth:`gauge` and :meth:`inc` do for each, in one call."""
-        # hot (the ICMP fleet: ~1,000 calls a second at 10,000 targets): one lookup of the label set,
-        # and the Sample tuples built without NamedTuple's Python-level __new__
-        pending, new, isfinite = self._pending, tuple.__new__, math.isfinite
+        # hot (the ICMP fleet: ~1,000 calls a second at 10,000 targets): one lookup of the label set
+        isfinite = math.isfinite
         ls = self._set(labels)
         checked, totals = ls.checked, ls.totals
+        items: list[tuple[str, float | Histogram]] = []
         for name, value in gauges:
             if name not in checked:
                 self._check(name, ls)
             if isfinite(value):
-                pending.append(new(Sample, (name, labels, float(value), ts)))
-        changed = False
+                items.append((name, float(value)))
+        n = len(items)
         for name, amount in counters:
             if name not in checked:
                 self._check(name, ls)
             total = totals.get(name, 0.0) + amount
             totals[name] = total
-            pending.append(new(Sample, (name, labels, total, ts)))
-            changed = True
-        if changed:
+            items.append((name, total))
+        if len(items) > n:
             self._dirty.add(ls)
+        self._emit(ls, ts, items)
 
     def set_total(self, name: str, labels: Labels, value: float, ts: float) -> None:
         """Record a counter kept elsewhere (a kernel counter) at its cumulative ``value``.
@@ -138,7 +166,7 @@ class Recorder:
             return
         ls.totals[name] = float(value)
         self._dirty.add(ls)
-        self._pending.append(Sample(name, labels, float(value), ts))
+        self._emit(ls, ts, [(name, float(value))])
 
     def touch(self, name: str, labels: Labels, ts: float) -> None:
         """Report a counter at its current total (0 if new) so the series exists."""
@@ -157,16 +185,25 @@ class Recorder:
             h = ls.hists[name] = _Hist(self._buckets.get(name, RTT_BUCKETS))
         h.observe_many(values)
         self._dirty.add(ls)
-        self._pending.append(tuple.__new__(Sample, (name, labels, h.snapshot(), ts)))
+        self._emit(ls, ts, [(name, h.snapshot())])
 
     def total(self, name: str, labels: Labels) -> float:
         ls = self._sets.get(labels)
         return 0.0 if ls is None else ls.totals.get(name, 0.0)
 
     def drain(self) -> list[Sample]:
-        """Samples recorded since the last drain, oldest first."""
+        """Samples recorded since the last drain, oldest first (``encoded=False``)."""
+        if self._encoded:
+            raise RuntimeError("an encoded recorder keeps groups: use drain_groups()")
         out, self._pending = self._pending, []
         return out
+
+    def drain_groups(self) -> tuple[list[str], int]:
+        """Report groups written since the last drain, oldest first, and how many values they hold
+        (``encoded=True``; wire.encode_groups makes the report)."""
+        out, n = self._groups, self._count
+        self._groups, self._count = [], 0
+        return out, n
 
     # -- persistence with the spool ---------------------------------------------
     def changed_totals(self) -> list[tuple[str, str]]:

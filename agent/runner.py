@@ -253,7 +253,7 @@ class IcmpFleet:
 class Agent:
     def __init__(self, cfg: AgentConfig, token: str = ""):
         self.cfg = cfg
-        self.rec = Recorder()
+        self.rec = Recorder(encoded=True)
         self.spool = Spool(cfg.spool.path, cfg.spool.max_bytes, cfg.spool.max_age)
         legacy = self.spool.legacy_totals()
         if legacy:
@@ -290,17 +290,16 @@ class Agent:
         """Move everything recorded so far into one spooled batch; returns its seq."""
         now = time.time() if now is None else now
         self.record_self(now)
-        samples = self.rec.drain()
-        if not samples:
+        groups, count = self.rec.drain_groups()
+        if not count:
             return None
         cfg = self.cfg
 
         def build(seq: int) -> bytes:
-            return wire.encode(
-                wire.Report(cfg.node, cfg.site, self.spool.stream, seq, self.agent_start, tuple(samples))
-            )
+            report = wire.Report(cfg.node, cfg.site, self.spool.stream, seq, self.agent_start)
+            return wire.encode_groups(report, groups)
 
-        seq = self.spool.append(build, len(samples), self.rec.changed_totals(), now)
+        seq = self.spool.append(build, count, self.rec.changed_totals(), now)
         self.rec.totals_saved()
         self.wakeup.set()
         return seq

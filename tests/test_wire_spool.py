@@ -264,3 +264,31 @@ def test_spool_is_a_plain_sqlite_wal_database(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "s.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("SELECT COUNT(*) FROM batches").fetchone()[0] == 2
+
+
+def test_the_agents_encoded_recorder_reports_what_the_sample_recorder_records() -> None:
+    """The agent's recorder writes each call's values out at once (encoded=True); the report made from
+    those groups reads back as exactly the samples the plain recorder keeps for the same calls."""
+    recs = [Recorder(), Recorder(encoded=True)]
+    icmp = (("probe", "icmp"), ("target", "gw"))
+    for rec in recs:
+        rec.values(icmp, T0 + 1, [("mogli_probe_success", 1), ("mogli_icmp_rtt_avg_seconds", 1.25e-05),
+                                  ("mogli_icmp_jitter_seconds", float("nan"))],
+                   [("mogli_probe_runs_total", 1.0), ("mogli_icmp_sent_total", 10.0)])
+        rec.observe_many("mogli_icmp_rtt_seconds", icmp, [0.0004, 0.002, 0.3], T0 + 1)
+        rec.inc("mogli_probe_failures_total", (("probe", "icmp"), ("reason", "timeout"), ("target", "gw")), 1,
+                T0 + 2)
+        rec.gauge("mogli_agent_spool_bytes", (), float("inf"), T0 + 2)  # not a number: left out
+        rec.gauge("mogli_agent_spool_bytes", (), 1e16, T0 + 2)
+        rec.set_total("mogli_interface_receive_bytes_total", (("interface", "eth0"),), 9000, T0 + 3)
+        rec.touch("mogli_agent_spool_dropped_batches_total", (), T0 + 3)
+        rec.values(icmp, T0 + 11, [], [("mogli_icmp_sent_total", 10.0)])
+    samples = recs[0].drain()
+    groups, count = recs[1].drain_groups()
+    assert count == len(samples) == 10
+    report = wire.parse(json.loads(wire.decompress(wire.encode_groups(_report(), groups), "gzip", 10**6)))
+    assert report == _report(tuple(samples))
+    assert [s.value for s in report.samples if s.name == "mogli_icmp_sent_total"] == [10.0, 20.0]
+    assert recs[1].drain_groups() == ([], 0)
+    with pytest.raises(RuntimeError, match="drain_groups"):
+        recs[1].drain()
