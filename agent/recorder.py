@@ -3,7 +3,7 @@
 Counters and histograms are cumulative at the source (DESIGN.md decision 2):
 ``inc`` adds to a total kept here, and every change emits a sample carrying the
 new total. The totals that changed are saved with each spooled batch (one row per
-series, :meth:`Recorder.changed_totals`) and restored at start, so they survive a
+label set, :meth:`Recorder.changed_totals`) and restored at start, so they survive a
 restart of the agent.
 """
 
@@ -105,8 +105,7 @@ class Recorder:
         if self._encoded:
             if not ls.json:
                 ls.json = wire.labels_json(ls.labels)
-            hist = wire.histogram_json
-            texts = [f'["{n}",{v!r}]' if isinstance(v, float) else f'["{n}",{hist(v)}]' for n, v in items]
+            texts = wire.values_json(items)
             self._groups.append(wire.group_json(ls.json, ts, texts))
             self._count += len(texts)
         else:

@@ -66,6 +66,7 @@ class Spool:
                 self._set("next_seq", "1")
                 self._set("dropped", "0")
         self.stream: str = self._meta("stream") or ""
+        self._legacy = self._meta("totals") is not None  # totals of an older spool, removed by the next append
 
     def _tx(self) -> sqlite3.Connection:
         return _Tx(self.db)  # type: ignore[return-value]
@@ -99,8 +100,10 @@ class Spool:
             )
             self._set("next_seq", str(seq + 1))
             self.db.executemany("INSERT OR REPLACE INTO totals(labels, value) VALUES (?, ?)", totals)
-            self.db.execute("DELETE FROM meta WHERE key='totals'")
+            if self._legacy:
+                self.db.execute("DELETE FROM meta WHERE key='totals'")
             self._enforce(now)
+        self._legacy = False
         return seq
 
     def _enforce(self, now: float) -> None:

@@ -106,17 +106,12 @@ def report_body(r: Report, version: int = VERSION) -> dict[str, Any]:
     return head
 
 
-_LABEL_JSON: dict[tuple[tuple[str, str], ...], str] = {}  # label set -> its JSON object (bounded below)
 _LE_JSON: dict[tuple[float, ...], list[str]] = {}  # histogram bounds -> their JSON numbers ("+Inf" last)
 
 
 def labels_json(labels: tuple[tuple[str, str], ...]) -> str:
-    j = _LABEL_JSON.get(labels)
-    if j is None:
-        if len(_LABEL_JSON) > 100_000:  # series come and go (stations, reasons): never grow without bound
-            _LABEL_JSON.clear()
-        j = _LABEL_JSON[labels] = json.dumps(dict(labels), separators=(",", ":"))
-    return j
+    """A group's labels as JSON (the agent's recorder writes them once per label set)."""
+    return json.dumps(dict(labels), separators=(",", ":"))
 
 
 def histogram_json(h: Histogram) -> str:
@@ -128,16 +123,10 @@ def histogram_json(h: Histogram) -> str:
     return f'{{"buckets":[{pairs}],"sum":{h.sum!r},"count":{h.count!r}}}'
 
 
-def value_json(name: str, value: float | Histogram) -> str | None:
-    """One ``[name, value]`` of a group; None for a value that is not a finite number (left out, as the
-    recorder leaves out such gauges: one would get the whole batch refused)."""
-    if value.__class__ is float:
-        return f'["{name}",{value!r}]' if math.isfinite(value) else None
-    if isinstance(value, Histogram):
-        return f'["{name}",{histogram_json(value)}]'
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f'["{name}",{value}]'
-    return None
+def values_json(items: list[tuple[str, float | Histogram]]) -> list[str]:
+    """The ``[name, value]`` texts of a group; every value a finite number or a histogram."""
+    hist = histogram_json
+    return [f'["{n}",{v!r}]' if isinstance(v, float) else f'["{n}",{hist(v)}]' for n, v in items]
 
 
 def group_json(labels_text: str, ts: float, values: list[str]) -> str:
@@ -160,20 +149,21 @@ def encode(r: Report) -> bytes:
     10,000 ICMP targets an agent reports ~13,000 samples a second and building the object cost it
     ~9 us per sample (bench/icmp.py). Values that are not finite numbers are left out."""
     groups: list[str] = []
-    group: list[str] = []
+    group: list[tuple[str, float | Histogram]] = []
     labels: tuple[tuple[str, str], ...] = ()
     ts = -1.0
     for name, lab, value, t in r.samples:
         if lab != labels or t != ts:
             if group:
-                groups.append(group_json(labels_json(labels), ts, group))
+                groups.append(group_json(labels_json(labels), ts, values_json(group)))
                 group = []
             labels, ts = lab, t
-        v = value_json(name, value)
-        if v is not None:
-            group.append(v)
+        if isinstance(value, Histogram):
+            group.append((name, value))
+        elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            group.append((name, float(value)))
     if group:
-        groups.append(group_json(labels_json(labels), ts, group))
+        groups.append(group_json(labels_json(labels), ts, values_json(group)))
     return encode_groups(r, groups)
 
 

@@ -240,8 +240,10 @@ def test_totals_of_an_older_spool_are_carried_over(tmp_path: Path) -> None:
         "histograms": [["mogli_icmp_rtt_seconds", [["probe", "icmp"], ["target", "a"]], [0.1], [2, 1], 0.3],
                        ["mogli_icmp_rtt_seconds", [["target", "a"]], [0.1], [2, 1], 0.3]],
     })
+    old = Spool(tmp_path / "s.db", 10**6, 10**6)
+    old.db.execute("INSERT INTO meta(key, value) VALUES ('totals', ?)", (saved,))  # as an older agent left it
+    old.close()
     sp = Spool(tmp_path / "s.db", 10**6, 10**6)
-    sp.db.execute("INSERT INTO meta(key, value) VALUES ('totals', ?)", (saved,))
     rec = Recorder()
     rec.load_legacy_totals(sp.legacy_totals() or "")
     rec.load_totals(sp.totals())

@@ -20,7 +20,7 @@ The fping/liboping design on asyncio:
   common reply (an echo reply without IP options) is decoded inline; everything else
   goes through the sans-io parser (agent/icmp/packet.py).
 - A round ends with one future (``icmp.run`` awaits it) or one callback (the ICMP fleet,
-  agent/icmp/fleet.py, which schedules every ICMP probe's rounds without a task each).
+  agent/runner.py, which schedules every ICMP probe's rounds without a task each).
 """
 
 from __future__ import annotations
@@ -111,7 +111,6 @@ class Round:
     end_due: float = float("inf")
     key: str = ""  # the address as replies name it (no %scope)
     sockaddr: tuple[str, int] | tuple[str, int, int, int] = ("", 0)  # for sendto
-    data: bytes = b""  # the payload
     pkt: bytearray = field(default_factory=bytearray)  # the echo request; each send writes its checksum and sequence
     ident: int = 0  # the identifier we write (0 on datagram sockets: the kernel fills it in)
     csum_base: int = -1  # raw IPv4: the checksum's word sum without the sequence; -1: the kernel computes it
@@ -391,9 +390,9 @@ class Engine:
                     None if on_done else self.loop.create_future(), on_done, tag)
         rnd.key, _, scope = address.partition("%")
         rnd.sockaddr = (rnd.key, 0, 0, _scope_index(scope, address)) if scope else (address, 0)
-        rnd.data, data_sum = self.payload(size)
+        data, data_sum = self.payload(size)
         rnd.ident = g.send_ident
-        rnd.pkt = bytearray(pk.build_echo(family, rnd.ident, 0, rnd.data, data_sum))
+        rnd.pkt = bytearray(pk.build_echo(family, rnd.ident, 0, data, data_sum))
         if family == socket.AF_INET and g.raw:  # datagram sockets and ICMPv6: the kernel fills the checksum in
             rnd.csum_base = (pk.ICMP_ECHO_REQUEST << 8) + rnd.ident + data_sum
         self.bufsize = max(self.bufsize, size + 256)  # + IP header (raw IPv4) + ICMP header, with room
