@@ -219,6 +219,28 @@ def test_fleet_runs_rounds_on_their_interval_and_records_what_the_probe_records(
         assert [s.value for s in samples if s.labels == lb and s.name == "mogli_probe_success"] == [1.0] * int(runs)
 
 
+def test_fleet_with_a_small_receive_buffer_reads_often_enough_to_lose_nothing() -> None:
+    """A non-root agent's receive buffer is capped at net.core.rmem_max. 200 loopback targets at 1 pps with
+    a 16 KiB buffer (~39 queued replies): the engine reads every 50 ms instead of every 250 ms (50 replies
+    a read, more than the buffer holds), and every request is answered."""
+    need(can_open("raw") or can_open("dgram"), "needs CAP_NET_RAW or ping_group_range")
+    from agent.icmp.engine import Engine
+
+    conf = dict(interval=3.0, count=3, packet_interval=1.0, reply_timeout=0.5, timeout=2.9)
+    cfgs = [IcmpConfig(target=f"127.3.{i // 200}.{i % 200 + 1}", **conf) for i in range(200)]  # type: ignore[arg-type]
+
+    def small_buffer(eng: Engine) -> None:
+        g = eng.group(socket.AF_INET, "auto", 0, False)
+        g.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        assert g.capacity() < 0.25 * 200
+
+    rec = run_fleet(cfgs, 6.0, small_buffer)
+    sent = sum(rec.total("mogli_icmp_sent_total", (("probe", "icmp"), ("target", c.target))) for c in cfgs)
+    got = sum(rec.total("mogli_icmp_received_total", (("probe", "icmp"), ("target", c.target))) for c in cfgs)
+    assert sent > 500, sent
+    assert got == sent, f"{sent - got} of {sent} replies lost"
+
+
 def test_fleet_without_socket_permission_records_a_permission_failure_each_interval(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """No datagram ICMP socket allowed and the kind forced to it: the fleet keeps going, each

@@ -9,8 +9,8 @@ The fping/liboping design on asyncio:
   in the environment forces one for probes configured ``auto``.
 - Sends are kept in millisecond slots (a dict of lists, a small heap of slot numbers) and
   sent from one timer: every wakeup sends all packets due within the next ``SLACK``
-  seconds, so 10,000 targets at 1 pps cost about twenty wakeups a second, not 20,000,
-  and no per-packet heap operation. The send time is taken right before sendto.
+  seconds, so 10,000 targets at 1 pps cost four wakeups a second, not 20,000, and no
+  per-packet heap operation. The send time is taken right before sendto.
 - Replies are read in the same wakeups (no reader callback, which would wake the loop
   for every reply): each socket is drained. Their receive time is the kernel's
   (SO_TIMESTAMPNS), so reading them a few milliseconds later costs no accuracy.
@@ -61,14 +61,21 @@ ICMP_FILTER = 1
 ICMP6_FILTER = 1
 MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
 
-SLACK = 0.05
-"""The engine's timer fires on multiples of this (the same grid as the runner's probe loops, so
+SLACK = 0.25
+"""The engine's timer fires on multiples of this (a multiple of the runner's probe-loop grid, so
 their wakeups coincide) while rounds are active: it sends every packet due before the next grid
-point (at most one per round), then reads every socket. Replies carry the kernel's receive
-timestamp, so reading them up to SLACK late costs no accuracy: 10,000 targets at 1 pps cost ~20
-wakeups a second, not 20,000."""
-FAST_SLACK = 0.001
-"""The tick while some round spaces its packets closer than 2 * SLACK (tests, ad hoc checks)."""
+point (at most one per round), reads every socket and ends the rounds that are due. Replies carry
+the kernel's receive timestamp, so reading them up to SLACK late costs no accuracy; a round ends
+up to SLACK after its last reply or timeout. Few large wakeups are much cheaper than many small
+ones: at 1,000 targets at 1 pps each, every wakeup starts with cold CPU caches, and the same work
+cost the whole agent 6.0 % of a core at 20 wakeups a second, 5.1 % at 4 (bench/icmp.py)."""
+SLACKS = (SLACK, 0.05, 0.001)
+"""The tick is the largest of these with every active round's packets at least twice it apart
+(a round sends at most one packet per tick; short packet intervals: tests, ad hoc checks) and,
+down to 0.05, with the replies of one tick filling at most half of the smallest receive buffer
+(a non-root agent's buffer is capped at net.core.rmem_max: the tick shrinks rather than drop replies)."""
+REPLY_TRUESIZE = 1024
+"""Receive-buffer bytes one queued reply takes, rounded up (a 64-byte echo reply on loopback: 832)."""
 
 DUPLICATE_WAIT = 0.05
 """After the last reply of a round, duplicates are still counted for this long."""
@@ -135,6 +142,10 @@ class _Group:
         self.ident = self.sock.getsockname()[1] if not self.raw else engine.ident
         self.send_ident = self.ident if self.raw else 0  # datagram sockets: the kernel fills it in
         self.rounds: dict[str, list[Round]] = {}  # address (no %scope) -> its rounds not finished
+
+    def capacity(self) -> int:
+        """Replies the socket holds at half its receive buffer."""
+        return max(16, self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // (2 * REPLY_TRUESIZE))
 
     def close(self) -> None:
         self.sock.close()
@@ -324,6 +335,7 @@ class Engine:
         self.slots: dict[int, list[Round]] = {}  # millisecond slot -> rounds whose next packet is due in it
         self.slot_heap: list[int] = []  # the slots' numbers, earliest first
         self.ends: list[tuple[float, int, Round]] = []  # (due, tie, round): when an incomplete round gives up
+        self.exact_ends: list[float] = []  # ends of awaited rounds (a timeout is near): woken for, off the grid
         self._tie = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -333,7 +345,9 @@ class Engine:
         self.packets_sent = 0  # echo requests handed to the kernel, all rounds (for benchmarks)
         self.bufsize = 2048  # recvmsg buffer: the largest payload in use plus headers
         self._active = 0  # rounds not finished
-        self._fast = 0  # of those, rounds with packets closer than 2 * SLACK: tick at FAST_SLACK then
+        self._spacing: dict[float, int] = {}  # packet_interval -> active rounds with it (see SLACKS)
+        self._rate = 0.0  # packets a second of the active rounds
+        self._tick_s = SLACK  # see _retick
         forced = os.environ.get(ENV_SOCKET, "auto")
         self.forced: SocketKind = forced if forced in ("dgram", "raw") else "auto"  # type: ignore[assignment]
         self._resolved: dict[tuple[int, str, int, bool], _Group] = {}  # (family, asked kind, tos, df) -> group
@@ -425,8 +439,11 @@ class Engine:
         others.append(rnd)
         rnd.at = rnd.next_due = at
         self._active += 1
-        if rnd.packet_interval < 2 * SLACK:
-            self._fast += 1
+        self._rate += 1 / rnd.packet_interval
+        n = self._spacing.get(rnd.packet_interval, 0)
+        self._spacing[rnd.packet_interval] = n + 1
+        if not n:
+            self._retick()
         self._schedule([rnd])
 
     def cancel(self, rnd: Round) -> None:
@@ -453,13 +470,22 @@ class Engine:
         if due < rnd.end_due:
             rnd.end_due = due
             heapq.heappush(self.ends, (due, next(self._tie), rnd))
-            self._arm(due)
+            if rnd.future is not None:
+                heapq.heappush(self.exact_ends, due)
+                self._arm(due)
+            else:  # the fleet's rounds end on the grid: no wakeup of their own
+                slack = self._slack()
+                self._arm(math.ceil(due / slack) * slack)
 
     def finish(self, rnd: Round) -> None:
         rnd.done = True
         self._active -= 1
-        if rnd.packet_interval < 2 * SLACK:
-            self._fast -= 1
+        self._rate = self._rate - 1 / rnd.packet_interval if self._active else 0.0
+        n = self._spacing.pop(rnd.packet_interval) - 1
+        if n:
+            self._spacing[rnd.packet_interval] = n
+        else:
+            self._retick()
         rounds = rnd.group.rounds
         others = rounds.get(rnd.key)
         if others is not None:
@@ -486,7 +512,17 @@ class Engine:
                 lst.append(rnd)
 
     def _slack(self) -> float:
-        return FAST_SLACK if self._fast else SLACK
+        return self._tick_s
+
+    def _retick(self) -> None:
+        """The tick for the closest spacing in use and the packet rate (see SLACKS): when either changes
+        (a packet interval comes or goes; every tick, for the rate)."""
+        closest = min(self._spacing, default=SLACK * 2)
+        tick = next((s for s in SLACKS if closest >= 2 * s), SLACKS[-1])
+        capacity = min((g.capacity() for g in self.groups.values()), default=0)
+        while tick > SLACKS[1] and capacity and self._rate * tick > capacity:
+            tick = SLACKS[SLACKS.index(tick) + 1]
+        self._tick_s = tick
 
     def _arm(self, due: float) -> None:
         # a timer already due within the slack after ``due`` will do: fewer timer handles
@@ -501,7 +537,8 @@ class Engine:
         self._timer_at = float("inf")
         slots, heap, ends, tie = self.slots, self.slot_heap, self.ends, self._tie
         now = self.loop.time()
-        slack = self._slack()
+        self._retick()
+        slack = self._tick_s
         horizon = int((now + slack) * 1000)  # sends a little early batch up; round ends never come early
         later: list[Round] = []
         sent = 0
@@ -537,6 +574,8 @@ class Engine:
                 else:
                     rnd.end_due = max(rnd.next_due, now) + rnd.reply_timeout
                     heapq.heappush(ends, (rnd.end_due, next(tie), rnd))
+                    if rnd.future is not None:
+                        heapq.heappush(self.exact_ends, rnd.end_due)
         self.packets_sent += sent
         self._schedule(later)
         for g in self.groups.values():
@@ -550,6 +589,11 @@ class Engine:
             nxt = (math.floor(now / slack) + 1) * slack
             if heap:
                 nxt = min(nxt, max(now, math.floor(heap[0] / 1000 / slack) * slack))
+            exact = self.exact_ends
+            while exact and exact[0] <= now:
+                heapq.heappop(exact)
+            if exact:
+                nxt = min(nxt, exact[0])
             self._arm(nxt)
         if self._done:
             done, self._done = self._done, []
