@@ -24,11 +24,12 @@ Labels = tuple[tuple[str, str], ...]
 
 
 class _Hist:
-    __slots__ = ("bounds", "counts", "les", "sum")
+    __slots__ = ("bounds", "counts", "les", "prefixes", "sum")
 
     def __init__(self, bounds: tuple[float, ...]):
         self.bounds = bounds
         self.les = (*bounds, math.inf)
+        self.prefixes = wire.bucket_prefixes(self.les)  # shared by every histogram with these bounds
         self.counts = [0] * (len(bounds) + 1)  # non-cumulative, last is +Inf
         self.sum = 0.0
 
@@ -47,6 +48,11 @@ class _Hist:
     def snapshot(self) -> Histogram:
         cum = list(itertools.accumulate(self.counts))  # ints: exact, and cheaper to write out than floats
         return Histogram(tuple(zip(self.les, cum, strict=True)), self.sum, cum[-1])
+
+    def json(self) -> str:
+        """:meth:`snapshot` as the report writes it, without building the snapshot."""
+        cum = list(itertools.accumulate(self.counts))
+        return wire.histogram_text(self.prefixes, cum, self.sum, cum[-1])
 
 
 class _LabelSet:
@@ -98,8 +104,9 @@ class Recorder:
             raise ValueError(f"{name}: labels {[k for k, _ in labels]} != catalog {list(METRICS[name].labels)}")
         ls.checked.add(name)
 
-    def _emit(self, ls: _LabelSet, ts: float, items: list[tuple[str, float | Histogram]]) -> None:
-        """Values of one label set at one time (finite numbers and histograms)."""
+    def _emit(self, ls: _LabelSet, ts: float, items: list[tuple[str, float | Histogram | _Hist]]) -> None:
+        """Values of one label set at one time (finite numbers and histograms; live ones, :class:`_Hist`,
+        only when encoded: they are written out at once)."""
         if not items:
             return
         if self._encoded:
@@ -127,14 +134,16 @@ class Recorder:
         self._emit(ls, ts, [(name, total)])
 
     def values(self, labels: Labels, ts: float, gauges: Iterable[tuple[str, float]],
-               counters: Iterable[tuple[str, float]] = ()) -> None:
-        """Gauges and counter increments of one label set at one time (a probe run's own values):
-        what :meth:`gauge` and :meth:`inc` do for each, in one call."""
+               counters: Iterable[tuple[str, float]] = (),
+               observed: Iterable[tuple[str, Iterable[float]]] = ()) -> None:
+        """Gauges, counter increments and histogram observations of one label set at one time (a probe
+        run's own values): what :meth:`gauge`, :meth:`inc` and :meth:`observe_many` do for each, in one
+        call and, encoded, one group."""
         # hot (the ICMP fleet: ~1,000 calls a second at 10,000 targets): one lookup of the label set
         isfinite = math.isfinite
         ls = self._set(labels)
         checked, totals = ls.checked, ls.totals
-        items: list[tuple[str, float | Histogram]] = []
+        items: list[tuple[str, float | Histogram | _Hist]] = []
         for name, value in gauges:
             if name not in checked:
                 self._check(name, ls)
@@ -147,6 +156,13 @@ class Recorder:
             total = totals.get(name, 0.0) + amount
             totals[name] = total
             items.append((name, total))
+        for name, values in observed:
+            h = ls.hists.get(name)
+            if h is None:
+                self._check(name, ls)
+                h = ls.hists[name] = _Hist(self._buckets.get(name, RTT_BUCKETS))
+            h.observe_many(values)
+            items.append((name, h if self._encoded else h.snapshot()))
         if len(items) > n:
             self._dirty.add(ls)
         self._emit(ls, ts, items)
@@ -177,14 +193,7 @@ class Recorder:
     def observe_many(self, name: str, labels: Labels, values: Iterable[float], ts: float) -> None:
         """Observe several values at one time: one sample with the resulting histogram
         (an ICMP round's RTTs: one snapshot instead of one per packet)."""
-        ls = self._set(labels)
-        h = ls.hists.get(name)
-        if h is None:
-            self._check(name, ls)
-            h = ls.hists[name] = _Hist(self._buckets.get(name, RTT_BUCKETS))
-        h.observe_many(values)
-        self._dirty.add(ls)
-        self._emit(ls, ts, [(name, h.snapshot())])
+        self.values(labels, ts, (), (), ((name, values),))
 
     def total(self, name: str, labels: Labels) -> float:
         ls = self._sets.get(labels)
@@ -213,12 +222,17 @@ class Recorder:
         Only changed label sets: writing every total with every batch cost the agent ~8 % of a core at
         10,000 ICMP targets (bench/icmp.py) and rewrote megabytes of flash each time."""
         rows: list[tuple[str, str]] = []
-        bounds_json = _bounds_json
+        bounds_json, isfinite = _bounds_json, math.isfinite
         for ls in self._dirty:
             if not ls.key:
                 ls.key = json.dumps([list(p) for p in ls.labels], separators=(",", ":"))
             hists = ",".join([f'"{n}":[{bounds_json(h.bounds)},{h.counts!r},{h.sum!r}]' for n, h in ls.hists.items()])
-            rows.append((ls.key, f'{{"c":{json.dumps(ls.totals, separators=(",", ":"))},"h":{{{hists}}}}}'))
+            totals = ls.totals
+            if all(map(isfinite, totals.values())):  # written directly: json.dumps was half of this (names are
+                c = ",".join([f'"{n}":{v!r}' for n, v in totals.items()])  # catalog identifiers, no escaping)
+                rows.append((ls.key, f'{{"c":{{{c}}},"h":{{{hists}}}}}'))
+            else:
+                rows.append((ls.key, f'{{"c":{json.dumps(totals, separators=(",", ":"))},"h":{{{hists}}}}}'))
         return rows
 
     def totals_saved(self) -> None:

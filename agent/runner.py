@@ -103,28 +103,32 @@ def record(
             rec.inc(name, _labels(name, base, extra), v, ts)
         else:
             counters.append((name, v))
-    record_outcome(rec, base, ok, reason, duration, ts, gauges, counters)
-    for name, extra, v in result.counter_values:
-        rec.set_total(name, _labels(name, base, extra), v, ts)
     observed: dict[tuple[str, Labels], list[float]] = {}
     for name, extra, values in result.observations:  # one histogram sample per series and run
         observed.setdefault((name, extra), []).extend(values)
+    own = [(name, values) for (name, extra), values in observed.items() if not extra and name in _TARGETED]
+    record_outcome(rec, base, ok, reason, duration, ts, gauges, counters, own)
+    for name, extra, v in result.counter_values:
+        rec.set_total(name, _labels(name, base, extra), v, ts)
     for (name, extra), values in observed.items():
-        rec.observe_many(name, _labels(name, base, extra), values, ts)
+        if extra or name not in _TARGETED:
+            rec.observe_many(name, _labels(name, base, extra), values, ts)
 
 
 def record_outcome(rec: Recorder, base: Labels, ok: bool, reason: str, duration: float, ts: float,
-                   gauges: list[tuple[str, float]], counters: list[tuple[str, float]]) -> None:
+                   gauges: list[tuple[str, float]], counters: list[tuple[str, float]],
+                   observed: list[tuple[str, list[float]]]) -> None:
     """What every probe run records (success, duration, runs, failures by reason) with the run's own
-    gauges and counter increments on its probe/target series."""
+    gauges, counter increments and observations on its probe/target series: one report group."""
     gauges += [("mogli_probe_success", 1.0 if ok else 0.0), ("mogli_probe_duration_seconds", duration)]
     counters.append(("mogli_probe_runs_total", 1.0))
-    rec.values(base, ts, gauges, counters)
+    rec.values(base, ts, gauges, counters, observed)
     if not ok:
         rec.inc("mogli_probe_failures_total", (base[0], ("reason", reason), *base[1:]), 1, ts)
 
 
 _TARGETED = frozenset(name for name, m in METRICS.items() if "target" in m.labels)
+_RTT = "mogli_icmp_rtt_seconds"
 
 
 def _labels(name: str, base: Labels, extra: Labels) -> Labels:
@@ -239,13 +243,13 @@ class IcmpFleet:
         got = rnd.valid_rtts()
         st = icmp.stats_of(got, rnd.sent, rnd.duplicates)
         gauges, counters = icmp.round_values(st)  # what icmp.run records, without a ProbeResult
-        try:
-            icmp.check_round(rnd, st, c)
-            ok, reason = True, ""
-        except Exception as e:
-            ok, reason = False, reason_of(e)
-        record_outcome(self.rec, base, ok, reason, duration, ts, gauges, counters)
-        self.rec.observe_many("mogli_icmp_rtt_seconds", base, got, ts)
+        ok, reason = True, ""
+        if not st.received:
+            try:
+                icmp.check_round(rnd, st, c)
+            except Exception as e:
+                ok, reason = False, reason_of(e)
+        record_outcome(self.rec, base, ok, reason, duration, ts, gauges, counters, [(_RTT, got)])
         if rnd.group.sock.fileno() >= 0:  # the engine is still open: the same round again
             self.engine.again(rnd, self._next(c, due))  # self.rounds[i] is this Round already
 

@@ -12,8 +12,9 @@ import json
 import math
 import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from agent.catalog import METRICS
 
@@ -56,6 +57,11 @@ class Histogram:
             "sum": self.sum,
             "count": self.count,
         }
+
+    def json(self) -> str:
+        """:meth:`to_json` as text, written directly (the agent writes one per ICMP round)."""
+        return histogram_text(bucket_prefixes(tuple(le for le, _ in self.buckets)), [c for _, c in self.buckets],
+                              self.sum, self.count)
 
 
 class Sample(NamedTuple):
@@ -106,7 +112,7 @@ def report_body(r: Report, version: int = VERSION) -> dict[str, Any]:
     return head
 
 
-_LE_JSON: dict[tuple[float, ...], list[str]] = {}  # histogram bounds -> their JSON numbers ("+Inf" last)
+_PREFIXES: dict[tuple[float, ...], list[str]] = {}  # histogram bounds ("+Inf" last) -> '[<le>,' per bucket
 
 
 def labels_json(labels: tuple[tuple[str, str], ...]) -> str:
@@ -114,19 +120,30 @@ def labels_json(labels: tuple[tuple[str, str], ...]) -> str:
     return json.dumps(dict(labels), separators=(",", ":"))
 
 
-def histogram_json(h: Histogram) -> str:
-    les = tuple(le for le, _ in h.buckets)
-    js = _LE_JSON.get(les)
-    if js is None:
-        js = _LE_JSON[les] = [json.dumps("+Inf" if math.isinf(le) else le) for le in les]
-    pairs = ",".join([f"[{le},{c!r}]" for le, (_, c) in zip(js, h.buckets, strict=True)])
-    return f'{{"buckets":[{pairs}],"sum":{h.sum!r},"count":{h.count!r}}}'
+def bucket_prefixes(les: tuple[float, ...]) -> list[str]:
+    """The start of each bucket's JSON (``[<le>,``) for bounds ending in +Inf; one shared list per bounds."""
+    p = _PREFIXES.get(les)
+    if p is None:
+        p = _PREFIXES[les] = [f"[{json.dumps('+Inf' if math.isinf(le) else le)}," for le in les]
+    return p
 
 
-def values_json(items: list[tuple[str, float | Histogram]]) -> list[str]:
+def histogram_text(prefixes: list[str], cumulative: Sequence[float], total: float, count: float) -> str:
+    """A histogram value as JSON from its bucket prefixes (:func:`bucket_prefixes`), cumulative counts,
+    sum and count."""
+    pairs = ",".join([f"{p}{c!r}]" for p, c in zip(prefixes, cumulative, strict=True)])
+    return f'{{"buckets":[{pairs}],"sum":{total!r},"count":{count!r}}}'
+
+
+class JsonValue(Protocol):
+    """A value that writes its own JSON (a histogram)."""
+
+    def json(self) -> str: ...
+
+
+def values_json(items: Sequence[tuple[str, float | JsonValue]]) -> list[str]:
     """The ``[name, value]`` texts of a group; every value a finite number or a histogram."""
-    hist = histogram_json
-    return [f'["{n}",{v!r}]' if isinstance(v, float) else f'["{n}",{hist(v)}]' for n, v in items]
+    return [f'["{n}",{v!r}]' if isinstance(v, float) else f'["{n}",{v.json()}]' for n, v in items]
 
 
 def group_json(labels_text: str, ts: float, values: list[str]) -> str:
