@@ -95,12 +95,14 @@ def ours(n: int) -> dict[str, float]:
             os.sched_setaffinity(agent.p.pid, {CPU})
             wait_until(lambda: not agent.alive() or _sums(port)[2] == n, 120, f"all {n} targets at the collector", 2)
             time.sleep(SETTLE)
-            (s0, _, _), t0 = _sums(port), time.monotonic()
+            t0 = time.monotonic()  # the collector's counters are read when the scrape starts, not when it ends
+            s0, _, _ = _sums(port)
             c0, w0 = _cpu_seconds(agent.p.pid), time.monotonic()
             time.sleep(WINDOW)
             c1, w1 = _cpu_seconds(agent.p.pid), time.monotonic()
             time.sleep(REPORT_INTERVAL + 1)  # the last batch of the window reaches the collector
-            (s1, r1, series), t1 = _sums(port), time.monotonic()
+            t1 = time.monotonic()
+            s1, r1, series = _sums(port)
             if not agent.alive() or series != n:
                 raise RuntimeError(f"the agent reported {series} of {n} targets:\n{agent.output()[-3000:]}")
         finally:
