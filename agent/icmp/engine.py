@@ -68,8 +68,8 @@ point (at most one per round), reads every socket and ends the rounds that are d
 the kernel's receive timestamp, so reading them up to SLACK late costs no accuracy; a round ends
 up to SLACK after its last reply or timeout. Few large wakeups are much cheaper than many small
 ones: every wakeup starts with cold CPU caches, and at 1,000 targets at 1 pps each the same work
-cost the running agent 6.0 % of a core at 20 wakeups a second, 5.1 % at 4 (one session, timed in
-the agent's process)."""
+cost the running agent 6.3-6.9 % of a core at 20 wakeups a second, 6.0 % at 12 and 5.1 % at 4 (one
+session, timed in the agent's process)."""
 SLACKS = (SLACK, 0.05, 0.001)
 """The tick is the largest of these with every active round's packets at least twice it apart
 (a round sends at most one packet per tick; short packet intervals: tests, ad hoc checks) and,
