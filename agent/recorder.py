@@ -229,10 +229,10 @@ class Recorder:
             hists = ",".join([f'"{n}":[{bounds_json(h.bounds)},{h.counts!r},{h.sum!r}]' for n, h in ls.hists.items()])
             totals = ls.totals
             if all(map(isfinite, totals.values())):  # written directly: json.dumps was half of this (names are
-                c = ",".join([f'"{n}":{v!r}' for n, v in totals.items()])  # catalog identifiers, no escaping)
-                rows.append((ls.key, f'{{"c":{{{c}}},"h":{{{hists}}}}}'))
+                c = "{" + ",".join([f'"{n}":{v!r}' for n, v in totals.items()]) + "}"  # catalog identifiers)
             else:
-                rows.append((ls.key, f'{{"c":{json.dumps(totals, separators=(",", ":"))},"h":{{{hists}}}}}'))
+                c = json.dumps(totals, separators=(",", ":"))
+            rows.append((ls.key, f'{{"c":{c},"h":{{{hists}}}}}'))
         return rows
 
     def totals_saved(self) -> None:

@@ -106,13 +106,15 @@ def record(
     observed: dict[tuple[str, Labels], list[float]] = {}
     for name, extra, values in result.observations:  # one histogram sample per series and run
         observed.setdefault((name, extra), []).extend(values)
-    own = [(name, values) for (name, extra), values in observed.items() if not extra and name in _TARGETED]
-    record_outcome(rec, base, ok, reason, duration, ts, gauges, counters, own)
-    for name, extra, v in result.counter_values:
-        rec.set_total(name, _labels(name, base, extra), v, ts)
+    own: list[tuple[str, list[float]]] = []
     for (name, extra), values in observed.items():
         if extra or name not in _TARGETED:
             rec.observe_many(name, _labels(name, base, extra), values, ts)
+        else:
+            own.append((name, values))
+    record_outcome(rec, base, ok, reason, duration, ts, gauges, counters, own)
+    for name, extra, v in result.counter_values:
+        rec.set_total(name, _labels(name, base, extra), v, ts)
 
 
 def record_outcome(rec: Recorder, base: Labels, ok: bool, reason: str, duration: float, ts: float,
@@ -128,7 +130,6 @@ def record_outcome(rec: Recorder, base: Labels, ok: bool, reason: str, duration:
 
 
 _TARGETED = frozenset(name for name, m in METRICS.items() if "target" in m.labels)
-_RTT = "mogli_icmp_rtt_seconds"
 
 
 def _labels(name: str, base: Labels, extra: Labels) -> Labels:
@@ -249,7 +250,7 @@ class IcmpFleet:
                 icmp.check_round(rnd, st, c)
             except Exception as e:
                 ok, reason = False, reason_of(e)
-        record_outcome(self.rec, base, ok, reason, duration, ts, gauges, counters, [(_RTT, got)])
+        record_outcome(self.rec, base, ok, reason, duration, ts, gauges, counters, [(icmp.RTT_HISTOGRAM, got)])
         if rnd.group.sock.fileno() >= 0:  # the engine is still open: the same round again
             self.engine.again(rnd, self._next(c, due))  # self.rounds[i] is this Round already
 

@@ -348,7 +348,7 @@ class Engine:
         self._active = 0  # rounds not finished
         self._spacing: dict[float, int] = {}  # packet_interval -> active rounds with it (see SLACKS)
         self._rate = 0.0  # packets a second of the active rounds
-        self._tick_s = SLACK  # see _retick
+        self._tick_s = SLACK  # the timer's grid, see _retick
         forced = os.environ.get(ENV_SOCKET, "auto")
         self.forced: SocketKind = forced if forced in ("dgram", "raw") else "auto"  # type: ignore[assignment]
         self._resolved: dict[tuple[int, str, int, bool], _Group] = {}  # (family, asked kind, tos, df) -> group
@@ -475,8 +475,7 @@ class Engine:
                 heapq.heappush(self.exact_ends, due)
                 self._arm(due)
             else:  # the fleet's rounds end on the grid: no wakeup of their own
-                slack = self._slack()
-                self._arm(math.ceil(due / slack) * slack)
+                self._arm(math.ceil(due / self._tick_s) * self._tick_s)
 
     def finish(self, rnd: Round) -> None:
         rnd.done = True
@@ -512,9 +511,6 @@ class Engine:
             else:
                 lst.append(rnd)
 
-    def _slack(self) -> float:
-        return self._tick_s
-
     def _retick(self) -> None:
         """The tick for the closest spacing in use and the packet rate (see SLACKS): when either changes
         (a packet interval comes or goes; every tick, for the rate)."""
@@ -527,7 +523,7 @@ class Engine:
 
     def _arm(self, due: float) -> None:
         # a timer already due within the slack after ``due`` will do: fewer timer handles
-        if due < self._timer_at - self._slack():
+        if due < self._timer_at - self._tick_s:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = due

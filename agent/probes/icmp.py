@@ -108,9 +108,12 @@ def stats_of(got: list[float], sent: int, duplicates: int = 0) -> RoundStats:
     return RoundStats(sent, n, duplicates, loss, min(got), avg, max(got), sd, jitter)
 
 
+RTT_HISTOGRAM = "mogli_icmp_rtt_seconds"  # a round's RTTs, observed once per round
+
+
 def round_values(st: RoundStats) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
     """A round's (gauges, counter increments), all on the probe/target series; the RTTs of
-    ``Round.valid_rtts()`` go to the mogli_icmp_rtt_seconds histogram."""
+    ``Round.valid_rtts()`` go to the :data:`RTT_HISTOGRAM`."""
     counters = [("mogli_icmp_sent_total", float(st.sent)), ("mogli_icmp_received_total", float(st.received)),
                 ("mogli_icmp_duplicates_total", float(st.duplicates))]
     gauges = [("mogli_icmp_loss_ratio", st.loss_ratio)] if st.sent else []
@@ -128,7 +131,7 @@ def _record(cfg: IcmpConfig, rnd: Round, result: ProbeResult) -> RoundStats:
     gauges, counters = round_values(st)
     for name, v in counters:
         result.count(name, v)
-    result.observe("mogli_icmp_rtt_seconds", *got)
+    result.observe(RTT_HISTOGRAM, *got)
     for name, v in gauges:
         result.gauge(name, v)
 
