@@ -146,6 +146,31 @@ def values_json(items: Sequence[tuple[str, float | JsonValue]]) -> list[str]:
     return [f'["{n}",{v!r}]' if isinstance(v, float) else f'["{n}",{v.json()}]' for n, v in items]
 
 
+Shape = tuple[str | tuple[str, tuple[float, ...]], ...]
+"""What a group holds, in order: a metric name for each number, (name, bounds ending in +Inf) for each histogram."""
+_TEMPLATES: dict[Shape, str] = {}
+
+
+def group_template(shape: Shape) -> str:
+    """A %-format that writes one group of the current version in one step, like :func:`group_json` over
+    :func:`values_json`: ``template % (ts, labels_text, *values)``, where ``values`` holds each number
+    (finite) and, for each histogram, its cumulative counts (ints), sum and count. One template per
+    shape, made once: at 10,000 ICMP targets the agent writes ~1,000 groups a second of the same few
+    shapes, and writing each value with its own text and joins cost it twice as much (bench/icmp.py)."""
+    t = _TEMPLATES.get(shape)
+    if t is None:
+        parts = []
+        for item in shape:  # names are catalog identifiers and bounds numbers: no '%' or '"' to escape
+            if isinstance(item, str):
+                parts.append(f'["{item}",%r]')
+            else:
+                name, les = item
+                buckets = ",".join(f"{p}%d]" for p in bucket_prefixes(les))
+                parts.append(f'["{name}",{{"buckets":[{buckets}],"sum":%r,"count":%d}}]')
+        t = _TEMPLATES[shape] = '{"ts":%r,"labels":%s,"values":[' + ",".join(parts) + "]}"
+    return t
+
+
 def group_json(labels_text: str, ts: float, values: list[str]) -> str:
     """One group of the current version from its labels (:func:`labels_json`) and ``[name, value]`` texts."""
     return f'{{"ts":{ts!r},"labels":{labels_text},"values":[{",".join(values)}]}}'

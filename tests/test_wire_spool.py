@@ -284,6 +284,7 @@ def test_the_agents_encoded_recorder_reports_what_the_sample_recorder_records() 
         rec.gauge("mogli_agent_spool_bytes", (), 1e16, T0 + 2)
         rec.set_total("mogli_interface_receive_bytes_total", (("interface", "eth0"),), 9000, T0 + 3)
         rec.touch("mogli_agent_spool_dropped_batches_total", (), T0 + 3)
+        rec.inc("mogli_agent_spool_dropped_batches_total", (), float("inf"), T0 + 4)  # a total that is no number
         rec.values(icmp, T0 + 11, [], [("mogli_icmp_sent_total", 10.0)])
     samples = recs[0].drain()
     groups, count = recs[1].drain_groups()
