@@ -50,7 +50,9 @@ AM_STANDIN = AM_REAL if AM_REAL.exists() else ANSIBLE_DIR / "roles/mogli_alertma
 SKIP_CENTRAL_EXTRAS = "mogli_prometheus,mogli_alertmanager,mogli_grafana"
 
 AGENT_PATHS = [Path("/opt/mogli-agent"), Path("/etc/mogli-agent"), Path("/var/lib/mogli-agent"),
-               Path("/etc/systemd/system/mogli-agent.service")]
+               Path("/etc/systemd/system/mogli-agent.service"), Path("/etc/sysctl.d/60-mogli-agent.conf")]
+RMEM_MAX = Path("/proc/sys/net/core/rmem_max")
+DEBIAN_RMEM_MAX = 212992
 COLLECTOR_PATHS = [Path("/opt/mogli-collector"), Path("/etc/mogli-collector"), Path("/var/lib/mogli-collector"),
                    Path("/etc/systemd/system/mogli-collector.service")]
 HARDENING = ["NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "ProtectHome=yes"]
@@ -289,6 +291,8 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         "mogli_collector_inventory_in_config": collector_knows_inventory_key(),
     }
     inv = write_inventory(tmp / "hosts.yml", agents={"ci-edge": agent}, cameras=cameras, common=common)
+    rmem_max = RMEM_MAX.read_text()
+    RMEM_MAX.write_text(f"{DEBIAN_RMEM_MAX}\n")  # as a router starts out: the role raises it
     try:
         runs = []
         for _ in range(2):
@@ -299,6 +303,7 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         yield {"tmp": tmp, "port": port, "token": token, "runs": runs}
     finally:
         _remove_installation()
+        RMEM_MAX.write_text(rmem_max)
 
 
 def test_second_run_changes_nothing(applied: dict[str, Any]) -> None:
@@ -350,6 +355,15 @@ def test_collector_gets_token_hashes_and_inventory_file(applied: dict[str, Any])
 def _owner(p: Path) -> tuple[str, str, int]:
     st = p.stat()
     return pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name, stat.S_IMODE(st.st_mode)
+
+
+def test_icmp_receive_buffer_cap_is_raised_for_the_agent(applied: dict[str, Any]) -> None:
+    """The agent has no CAP_NET_ADMIN: its ICMP socket's buffer is capped at net.core.rmem_max, which the role
+    raises from Debian's 208 KiB to 4 MiB, now and at boot (docs/probes/icmp.md)."""
+    assert int(RMEM_MAX.read_text()) == 4194304
+    conf = Path("/etc/sysctl.d/60-mogli-agent.conf")
+    assert _owner(conf) == ("root", "root", 0o644)
+    assert "net.core.rmem_max = 4194304" in conf.read_text().splitlines()
 
 
 def test_users_files_and_permissions(applied: dict[str, Any]) -> None:
