@@ -281,6 +281,13 @@ def test_totals_survive_reopening_with_the_journal_and_after_folds(tmp_path: Pat
         assert sp.db.execute("SELECT COUNT(*) FROM totals_log").fetchone()[0] < 4
         assert _runs_of(Spool(p, 10**6, 10**6)) == {"a": 3 + i, "b": 2 + i // 5, "tab\there\nnewline": 1}
     assert sp.db.execute("SELECT COUNT(*) FROM totals").fetchone()[0] == 3  # folded: one row per label set
+    # rows with a raw tab or newline (not the recorder's JSON) cannot be journal lines: they are folded at once
+    rec.inc("mogli_probe_runs_total", _tcp("a"), 1, T0)
+    sp.append(lambda seq: b"b", 1, [*rec.changed_totals(), ("raw\tkey", "raw\nvalue")], T0)
+    assert sp.db.execute("SELECT COUNT(*) FROM totals_log").fetchone()[0] == 0
+    saved = dict(Spool(p, 10**6, 10**6).totals())
+    assert saved["raw\tkey"] == "raw\nvalue"
+    assert json.loads(saved['[["probe","tcp"],["target","a"]]'])["c"] == {"mogli_probe_runs_total": 28.0}
 
 
 def test_a_spool_of_the_previous_schema_loads_and_keeps_working(tmp_path: Path) -> None:
