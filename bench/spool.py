@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import statistics
 import sys
 import time
@@ -13,8 +14,9 @@ from typing import Any
 from agent import wire
 from agent.config import CollectorConfig
 from agent.recorder import Recorder
+from agent.runner import spread_offset
 from agent.sender import Sender
-from agent.spool import Batch, Spool
+from agent.spool import LOG_ROWS, Batch, Spool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import free_port, start_collector, write_collector_config
@@ -53,6 +55,87 @@ def write_rate() -> dict[str, Any]:
     return {"benchmark": "spool write (encode + gzip + SQLite WAL commit)", "ours": r * len(_batch_samples(0)),
             "anchor": None, "anchor_name": None, "unit": "samples/s", "better": "higher",
             "notes": f"{r:.0f} batches/s of {len(_batch_samples(0))} samples; median of 3 x 100 batches"}
+
+
+def _old_append(db: sqlite3.Connection, body: bytes, rows: list[tuple[str, str]], now: float) -> None:
+    """The anchor: Spool.append before the totals journal (WAL, synchronous=NORMAL like Spool), every
+    changed row written into the totals table in the batch's transaction."""
+    db.execute("BEGIN IMMEDIATE")
+    seq = int(db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()[0])
+    db.execute("INSERT INTO batches(seq, created, samples, body) VALUES (?,?,?,?)", (seq, now, 1, body))
+    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('next_seq', ?)", (str(seq + 1),))
+    db.executemany("INSERT OR REPLACE INTO totals(labels, value) VALUES (?, ?)", rows)
+    db.execute("DELETE FROM batches WHERE created < ?", (now - 10**9,))
+    db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM batches").fetchone()
+    db.execute("COMMIT")
+
+
+def _write_bytes() -> int:
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("write_bytes:"))
+
+
+TOTALS_BATCHES = 60
+
+
+def _totals_run(d: Path, n: int, design: str) -> tuple[float, float]:
+    """(bytes written, CPU seconds) per batch for ``n`` ICMP targets at 10 s rounds and 2 s batches:
+    the targets whose round ended in a batch's 2 seconds (agent.runner.spread_offset starts them)
+    change with it, a fifth. Five batches first give every target its row; then TOTALS_BATCHES."""
+    targets = [f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}" for i in range(n)]
+    by_phase: list[list[tuple[tuple[str, str], ...]]] = [[] for _ in range(5)]
+    for t in targets:
+        by_phase[int(spread_offset("icmp", t, 10.0) // 2)].append((("probe", "icmp"), ("target", t)))
+    sp = Spool(d / f"{design}-{n}.db", 10**10, 10**9)
+    rec = Recorder(encoded=True)
+    counters = [("mogli_icmp_sent_total", 3.0), ("mogli_icmp_received_total", 3.0),
+                ("mogli_icmp_duplicates_total", 0.0), ("mogli_probe_runs_total", 1.0)]
+    written = cpu = 0.0
+    for b in range(5 + TOTALS_BATCHES):
+        ts = 1_790_000_000.0 + 2 * b
+        for i, labels in enumerate(by_phase[b % 5]):
+            rtts = [0.0004 + 0.0003 * ((i * 7 + b * 3 + k) % 40) for k in range(3)]
+            rec.values(labels, ts, [], counters, [("mogli_icmp_rtt_seconds", rtts)])
+        rec.drain_groups()
+        rows = rec.changed_totals()
+        w0, c0 = _write_bytes(), time.process_time()
+        if design == "ours":
+            sp.append(lambda seq: b"batch", 1, rows, ts)
+        else:
+            _old_append(sp.db, b"batch", rows, ts)
+        rec.totals_saved()
+        if b >= 5:
+            written += _write_bytes() - w0
+            cpu += time.process_time() - c0
+    sp.close()
+    return written / TOTALS_BATCHES, cpu / TOTALS_BATCHES
+
+
+def totals_rows() -> list[dict[str, Any]]:
+    out = []
+    for n in (1_000, 10_000):
+        runs: dict[str, list[tuple[float, float]]] = {"ours": [], "anchor": []}
+        with TemporaryDirectory(dir=Path(__file__).resolve().parent) as d:  # a disk, as on the router (not tmpfs)
+            for _ in range(3):
+                for design in runs:
+                    runs[design].append(_totals_run(Path(d), n, design))
+                    for f in Path(d).iterdir():
+                        f.unlink()
+        (wo, co), (wa, ca) = ([statistics.median(r[k] for r in runs[x]) for k in (0, 1)] for x in ("ours", "anchor"))
+        anchor = "one table row per changed label set every batch (the previous design)"
+        notes = (f"ICMP targets at 10 s rounds, 2 s batches: ~{n // 5:,} label sets change per batch; "
+                 f"write_bytes of /proc/self/io over {TOTALS_BATCHES} batches, checkpoints included, median of 3; "
+                 "the batch body itself is 5 bytes here (the same for both)")
+        out += [
+            {"benchmark": f"spool bytes written per batch (totals of {n:,} label sets)", "ours": wo, "anchor": wa,
+             "anchor_name": anchor, "unit": "bytes", "better": "lower",
+             "notes": f"{notes}; {wo * 43200 / 1e9:.2f} vs {wa * 43200 / 1e9:.2f} GB a day"},
+            {"benchmark": f"spool CPU per batch (totals of {n:,} label sets)", "ours": co, "anchor": ca,
+             "anchor_name": anchor, "unit": "s", "better": "lower",
+             "notes": "process time of Spool.append (journal row: join + zlib level 1 + insert; every "
+                      f"{LOG_ROWS} rows the fold into the table) vs the previous append; {notes}"},
+        ]
+    return out
 
 
 class OldestFirst(Sender):
@@ -134,7 +217,7 @@ def drain_rows() -> list[dict[str, Any]]:
 
 
 def run() -> list[dict[str, Any]]:
-    return [write_rate(), *drain_rows()]
+    return [write_rate(), *totals_rows(), *drain_rows()]
 
 
 if __name__ == "__main__":

@@ -21,17 +21,21 @@ from helpers import (
     write_collector_config,
 )
 
+from agent.spool import Spool
+
 pytestmark = pytest.mark.real
 
 OUTAGE = 120.0  # seconds the collector is away (issue 5 asks for 2 minutes)
 
 
 def _agent_totals(spool: Path) -> dict[str, float]:
-    db = sqlite3.connect(spool)
+    """The totals the agent saved (the totals table and its journal: Spool.totals)."""
+    sp = Spool(spool, 10**9, 10**9)
     out = {}
-    for labels, value in db.execute("SELECT labels, value FROM totals"):
+    for labels, value in sp.totals():
         for name, total in json.loads(value)["c"].items():
             out[name + json.dumps(sorted(map(tuple, json.loads(labels))))] = total
+    sp.close()
     return out
 
 
