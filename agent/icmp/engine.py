@@ -97,8 +97,8 @@ ENV_RECVMMSG = "MOGLI_ICMP_RECVMMSG"
 MMSG_BATCH = 64
 """Replies one recvmmsg call reads at most (64 calls for the ~2,500 replies one socket has queued at 10,000
 targets per 250 ms tick; larger batches save little more and touch more buffer memory)."""
-MSG_TRUNC = getattr(socket, "MSG_TRUNC", 0x20)
-MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0x40)
+MSG_TRUNC = int(getattr(socket, "MSG_TRUNC", 0x20))  # int, not the IntFlag: its ``&`` is a Python call
+MSG_DONTWAIT = int(getattr(socket, "MSG_DONTWAIT", 0x40))
 
 
 class _Iovec(ctypes.Structure):
@@ -312,12 +312,13 @@ class _Group:
             mm.meta_struct.iter_unpack
         names, name, get_errno = mm.names, mm.name, ctypes.get_errno
         family, raw, rounds, token, ident = self.family, self.raw, self.rounds, engine.token, self.ident
-        idseq, now_ns, settle = _IDSEQ.unpack_from, time.time_ns, engine.settle
+        now_ns, settle = time.time_ns, engine.settle
         v6 = family == socket.AF_INET6
         raw4 = raw and not v6
         off = 20 if raw4 else 0  # where the ICMP message starts (raw IPv4: after a 20-byte IP header)
         echo_reply = pk.ICMP6_ECHO_REPLY if v6 else pk.ICMP_ECHO_REPLY
-        toklen = len(token)
+        whole = off + 8 + len(token)  # an echo reply with our whole token
+        echo = struct.Struct(f"!{off}xB3xHH{len(token)}s").unpack_from  # type, identifier, sequence, token
         namelen_min = 24 if v6 else 8  # up to the end of the address
         ts_len, sol_socket, again = _CMSG_TS_LEN, socket.SOL_SOCKET, (errno.EAGAIN, errno.EWOULDBLOCK)
         budget = 10_000  # drain, but never starve the loop forever
@@ -344,9 +345,13 @@ class _Group:
                 else:
                     rx_ns = _timestamp(mm.meta, (b // stride) * _META_SIZE + _NAME_ROOM, ctllen) or now_ns()
                 src = (names.get(a) or name(family, a)) if namelen >= namelen_min else ""
-                # the common case inline: an echo reply (on raw IPv4: in a 20-byte IP header, good checksum)
-                if n >= off + 8 and buf[b + off] == echo_reply and (
-                        not raw4 or (buf[b] == 0x45 and buf[b + 9] == 1)):
+                # the common case inline: an echo reply with a whole token (on raw IPv4: in a 20-byte IP header,
+                # good checksum); shorter ones and everything else as in _drain_recvmsg
+                if n >= whole:
+                    typ, rid, seq, tok = echo(buf, b)
+                else:
+                    typ = -1
+                if typ == echo_reply and (not raw4 or (buf[b] == 0x45 and buf[b + 9] == 1)):
                     if raw4:  # the checksum as in _drain_recvmsg
                         if n & 1:
                             bad = pk.checksum(bytes(buf[b + 20:b + n])) != 0
@@ -356,10 +361,9 @@ class _Group:
                         if bad:
                             engine.malformed += 1
                             continue
-                    rid, seq = idseq(buf, b + off + 4)
                     if raw and rid != ident:
                         continue
-                    if not token.startswith(buf[b + off + 8:b + min(n, off + 8 + toklen)]):
+                    if tok != token:
                         continue  # someone else's echo (a raw socket sees every reply)
                 else:
                     seq = self._other(bytes(buf[b:b + n]), src)
