@@ -187,8 +187,8 @@ class _Mmsg:
         self.hdrs = bytearray(MMSG_BATCH * _MMSG_SIZE)
         self.meta_struct = _meta_layout(family)
         iovs = (_Iovec * MMSG_BATCH)()
-        data = ctypes.addressof(ctypes.c_char.from_buffer(self.data))
-        meta = ctypes.addressof(ctypes.c_char.from_buffer(self.meta))
+        views = ctypes.c_char.from_buffer(self.data), ctypes.c_char.from_buffer(self.meta)
+        data, meta = ctypes.addressof(views[0]), ctypes.addressof(views[1])
         hdrs = (_Mmsghdr * MMSG_BATCH).from_buffer(self.hdrs)
         for i in range(MMSG_BATCH):
             iovs[i].iov_base = data + i * stride
@@ -200,7 +200,7 @@ class _Mmsg:
             h.msg_iovlen = 1
             h.msg_control = meta + i * _META_SIZE + _NAME_ROOM
             h.msg_controllen = _ANCBUF
-        self._keep = (iovs, hdrs)  # the mmsghdrs point into iovs; a view of a bytearray keeps its size fixed
+        self._keep = (iovs, hdrs, views)  # the mmsghdrs point into iovs; while viewed, no bytearray can move
         self.addr = ctypes.addressof(hdrs)
         self.pristine = bytes(self.hdrs)  # recvmmsg overwrites the lengths: put back before every call
         self.names: dict[int | bytes, str] = {}  # source address as read -> as replies name it
