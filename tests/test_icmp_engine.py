@@ -34,7 +34,7 @@ from helpers import (
 )
 from netns import inside, netns, unique
 
-from agent.icmp.engine import ENV_SOCKET, get_engine
+from agent.icmp.engine import ENV_RECVMMSG, ENV_SOCKET, get_engine, recvmmsg_available
 from agent.probes.base import ProbeResult
 from agent.probes.icmp import IcmpConfig
 from agent.recorder import Recorder
@@ -81,15 +81,33 @@ def cfg(target: str, kind: str, **kw: object) -> IcmpConfig:
 KINDS = ["dgram", "raw"]
 
 
+@pytest.fixture(params=["recvmmsg", "recvmsg"])
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How the engine reads replies: recvmmsg (the default where libc has it) or one recvmsg a reply (the
+    fallback, forced with MOGLI_ICMP_RECVMMSG=0). Engines created in the test use it."""
+    if request.param == "recvmmsg":
+        need(recvmmsg_available(), "this libc has no recvmmsg")
+    monkeypatch.setenv(ENV_RECVMMSG, "1" if request.param == "recvmmsg" else "0")
+    return str(request.param)
+
+
+def check_read_path(read_path: str) -> None:
+    """The running loop's engine reads its sockets the way the test asked."""
+    eng = get_engine()
+    assert eng.groups
+    assert all((g.mm is not None) == (read_path == "recvmmsg") for g in eng.groups.values())
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("family", [V4, V6], ids=["ipv4", "ipv6"])
-def test_round_on_loopback_records_every_metric(kind: str, family: int) -> None:
+def test_round_on_loopback_records_every_metric(kind: str, family: int, read_path: str) -> None:
     if kind == "raw":
         need(can_open("raw"), "needs CAP_NET_RAW for raw ICMP sockets")
     target = TARGETS[family]
     with where_kind_works(kind) as ns:
         async def main() -> tuple[Recorder, bool, str]:
             open_groups(ns, kind, (family,))
+            check_read_path(read_path)
             try:
                 rec = Recorder()
                 out = await run_probe("icmp", cfg(target, kind), rec)
@@ -114,7 +132,7 @@ def test_round_on_loopback_records_every_metric(kind: str, family: int) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_many_targets_share_one_socket_and_replies_go_to_the_right_round(kind: str) -> None:
+def test_many_targets_share_one_socket_and_replies_go_to_the_right_round(kind: str, read_path: str) -> None:
     """50 loopback addresses at once through one socket per family: every round gets its own 10 replies."""
     if kind == "raw":
         need(can_open("raw"), "needs CAP_NET_RAW for raw ICMP sockets")
@@ -122,6 +140,7 @@ def test_many_targets_share_one_socket_and_replies_go_to_the_right_round(kind: s
     with where_kind_works(kind) as ns:
         async def main() -> tuple[list[ProbeResult], int]:
             open_groups(ns, kind)
+            check_read_path(read_path)
             from agent.probes import icmp
 
             try:
@@ -136,6 +155,34 @@ def test_many_targets_share_one_socket_and_replies_go_to_the_right_round(kind: s
     assert groups == 2  # the two families opened above, nothing per target
     for t, r in zip(targets, results, strict=True):
         assert (r.detail["target"], r.detail["sent"], r.detail["received"]) == (t, 10, 10)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_larger_payload_than_any_before_gets_every_reply(kind: str, read_path: str) -> None:
+    """A round of 56-byte payloads, then one of 3,000 (replies larger than the engine's first receive
+    buffers) on the same socket: both get every reply, nothing counted as undecodable."""
+    if kind == "raw":
+        need(can_open("raw"), "needs CAP_NET_RAW for raw ICMP sockets")
+    with where_kind_works(kind) as ns:
+        async def main() -> tuple[list[tuple[int, int]], int]:
+            open_groups(ns, kind, (V4,))
+            check_read_path(read_path)
+            eng = get_engine()
+            try:
+                out = []
+                for size in (56, 3000):
+                    rnd = eng.start("127.0.0.1", V4, count=5, packet_interval=0.01, reply_timeout=1.0, size=size,
+                                    kind=kind)  # type: ignore[arg-type]
+                    assert rnd.future is not None
+                    await rnd.future
+                    out.append((rnd.sent, rnd.answered))
+                return out, eng.malformed
+            finally:
+                eng.close()
+
+        rounds, malformed = asyncio.run(main())
+    assert rounds == [(5, 5), (5, 5)]
+    assert malformed == 0
 
 
 def test_dscp_and_dont_fragment_get_their_own_socket() -> None:
@@ -219,7 +266,7 @@ def test_fleet_runs_rounds_on_their_interval_and_records_what_the_probe_records(
         assert [s.value for s in samples if s.labels == lb and s.name == "mogli_probe_success"] == [1.0] * int(runs)
 
 
-def test_fleet_with_a_small_receive_buffer_reads_often_enough_to_lose_nothing() -> None:
+def test_fleet_with_a_small_receive_buffer_reads_often_enough_to_lose_nothing(read_path: str) -> None:
     """A non-root agent's receive buffer is capped at net.core.rmem_max. 200 loopback targets at 1 pps with
     a 16 KiB buffer (~39 queued replies): the engine reads every 50 ms instead of every 250 ms (50 replies
     a read, more than the buffer holds), and every request is answered."""
@@ -233,6 +280,7 @@ def test_fleet_with_a_small_receive_buffer_reads_often_enough_to_lose_nothing() 
         g = eng.group(socket.AF_INET, "auto", 0, False)
         g.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
         assert g.capacity() < 0.25 * 200
+        assert (g.mm is not None) == (read_path == "recvmmsg")
 
     rec = run_fleet(cfgs, 6.0, small_buffer)
     sent = sum(rec.total("mogli_icmp_sent_total", (("probe", "icmp"), ("target", c.target))) for c in cfgs)
