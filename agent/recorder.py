@@ -231,7 +231,8 @@ class Recorder:
         for ls in self._dirty:
             if not ls.key:
                 ls.key = json.dumps([list(p) for p in ls.labels], separators=(",", ":"))
-            hists = ",".join([f'"{n}":[{bounds_json(h.bounds)},{h.counts!r},{h.sum!r}]' for n, h in ls.hists.items()])
+            hists = ",".join([f'"{n}":[{bounds_json(h.bounds)},{h.counts!r},{_number(h.sum)}]'
+                              for n, h in ls.hists.items()])
             totals = ls.totals
             if all(map(isfinite, totals.values())):  # written directly: json.dumps was half of this (names are
                 c = "{" + ",".join([f'"{n}":{v!r}' for n, v in totals.items()]) + "}"  # catalog identifiers)
@@ -282,6 +283,11 @@ class Recorder:
     @staticmethod
     def _known(name: str, labels: Labels) -> bool:
         return SORTED_LABELS.get(name) == tuple(k for k, _ in labels)
+
+
+def _number(v: float) -> str:
+    """A float as JSON that json.loads reads back: repr, or Infinity/NaN when not finite (repr's 'inf' is not)."""
+    return repr(v) if math.isfinite(v) else json.dumps(v)
 
 
 _BOUNDS_JSON: dict[tuple[float, ...], str] = {}

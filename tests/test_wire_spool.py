@@ -192,6 +192,24 @@ def _saved(rec: Recorder, sp: Spool, now: float = T0) -> int:
     return seq
 
 
+def test_totals_that_are_not_finite_survive_a_restart(tmp_path: Path) -> None:
+    """A histogram whose sum overflowed to infinity is saved as JSON the next start can read (repr's 'inf'
+    is not JSON: the agent could not have loaded its totals again)."""
+    rec = Recorder(encoded=True)
+    icmp = (("probe", "icmp"), ("target", "gw"))
+    rec.observe_many("mogli_icmp_rtt_seconds", icmp, [1e308, 1e308], T0)
+    rec.inc("mogli_probe_runs_total", icmp, 3, T0)
+    sp = Spool(tmp_path / "s.db", 10**6, 10**6)
+    _saved(rec, sp)
+    again = Recorder()
+    again.load_totals(Spool(tmp_path / "s.db", 10**6, 10**6).totals())
+    assert again.total("mogli_probe_runs_total", icmp) == 3
+    again.observe_many("mogli_icmp_rtt_seconds", icmp, [0.001], T0 + 1)  # counting goes on where it was
+    ((_, row),) = again.changed_totals()
+    _, counts, total = json.loads(row)["h"]["mogli_icmp_rtt_seconds"]
+    assert sum(counts) == 3 and math.isinf(total)
+
+
 def test_spool_keeps_totals_with_the_batch_and_writes_only_changed_ones(tmp_path: Path) -> None:
     a, b = (("probe", "tcp"), ("target", "a")), (("probe", "tcp"), ("target", "b"))
     icmp = (("probe", "icmp"), ("target", "gw"))
