@@ -47,8 +47,12 @@ class _Hist:
         h.counts, h.sum = list(counts), float(total)
         return h
 
+    def cumulative(self) -> list[int]:
+        """The cumulative bucket counts, +Inf (the count) last: ints, exact and cheaper to write out than floats."""
+        return list(itertools.accumulate(self.counts))
+
     def snapshot(self) -> Histogram:
-        cum = list(itertools.accumulate(self.counts))  # ints: exact, and cheaper to write out than floats
+        cum = self.cumulative()
         return Histogram(tuple(zip(self.les, cum, strict=True)), self.sum, cum[-1])
 
 
@@ -114,7 +118,7 @@ class Recorder:
             if hists:
                 shape += tuple(h.shape for h in hists)
                 for h in hists:
-                    cum = list(itertools.accumulate(h.counts))  # ints: exact, and cheaper to write than floats
+                    cum = h.cumulative()
                     args += cum
                     args += (h.sum, cum[-1])
             self._groups.append(wire.group_template(shape) % tuple(args))

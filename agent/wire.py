@@ -156,7 +156,7 @@ def group_template(shape: Shape) -> str:
     :func:`values_json`: ``template % (ts, labels_text, *values)``, where ``values`` holds each number
     (finite) and, for each histogram, its cumulative counts (ints), sum and count. One template per
     shape, made once: at 10,000 ICMP targets the agent writes ~1,000 groups a second of the same few
-    shapes, and writing each value with its own text and joins cost it twice as much (bench/icmp.py)."""
+    shapes (a text per value and joins: 26.1 us a round against 24.5, warm)."""
     t = _TEMPLATES.get(shape)
     if t is None:
         parts = []

@@ -311,8 +311,8 @@ class _Group:
         hview, mview, hiter, miter = memoryview(hdrs), memoryview(mm.meta), _MMSG_FIELDS.iter_unpack, \
             mm.meta_struct.iter_unpack
         names, name, get_errno = mm.names, mm.name, ctypes.get_errno
-        family, raw, rounds, token, ident = self.family, self.raw, self.rounds, engine.token, self.ident
-        now_ns, settle = time.time_ns, engine.settle
+        family, raw, token, ident = self.family, self.raw, engine.token, self.ident
+        now_ns, reply, checksum_ok = time.time_ns, self._reply, pk.checksum_ok
         v6 = family == socket.AF_INET6
         raw4 = raw and not v6
         off = 20 if raw4 else 0  # where the ICMP message starts (raw IPv4: after a 20-byte IP header)
@@ -352,15 +352,9 @@ class _Group:
                 else:
                     typ = -1
                 if typ == echo_reply and (not raw4 or (buf[b] == 0x45 and buf[b + 9] == 1)):
-                    if raw4:  # the checksum as in _drain_recvmsg
-                        if n & 1:
-                            bad = pk.checksum(bytes(buf[b + 20:b + n])) != 0
-                        else:
-                            v = int.from_bytes(buf[b + 20:b + n], "big")
-                            bad = v % 0xFFFF != 0 or v == 0
-                        if bad:
-                            engine.malformed += 1
-                            continue
+                    if raw4 and not checksum_ok(buf[b + 20:b + n]):
+                        engine.malformed += 1
+                        continue
                     if raw and rid != ident:
                         continue
                     if tok != token:
@@ -369,35 +363,19 @@ class _Group:
                     seq = self._other(bytes(buf[b:b + n]), src)
                     if seq < 0:
                         continue
-                for rnd in rounds.get(src, ()):  # find(), inline: this runs for every reply
-                    i = (seq - rnd.start_seq) & 0xFFFF
-                    if i < rnd.sent:
-                        break
-                else:
-                    continue
-                rtts = rnd.rtts
-                if rtts[i] is not None:
-                    rnd.duplicates += 1
-                    continue
-                rtt = (rx_ns - rnd.send_ns[i]) / 1e9
-                if rtt < 0 or rtt > rnd.reply_timeout:
-                    continue  # late: counted as lost
-                rtts[i] = rtt
-                rnd.answered += 1
-                if rnd.answered == rnd.count:
-                    settle(rnd)
+                reply(src, seq, rx_ns)
 
     def _drain_recvmsg(self) -> None:
         """drain() with one recvmsg a reply (no recvmmsg, or MOGLI_ICMP_RECVMMSG=0)."""
         sock, family, raw, engine = self.sock, self.family, self.raw, self.engine
-        rounds, token, bufsize, ident = self.rounds, engine.token, engine.bufsize, self.ident
+        token, bufsize, ident = engine.token, engine.bufsize, self.ident
         recvmsg, idseq, timespec, now_ns = sock.recvmsg, _IDSEQ.unpack_from, _TIMESPEC.unpack_from, time.time_ns
         v6 = family == socket.AF_INET6
         raw4 = raw and not v6
         off = 20 if raw4 else 0  # where the ICMP message starts (raw IPv4: after a 20-byte IP header)
         echo_reply = pk.ICMP6_ECHO_REPLY if v6 else pk.ICMP_ECHO_REPLY
         toklen = len(token)
-        settle, ancbuf, sol_socket = engine.settle, _ANCBUF, socket.SOL_SOCKET
+        reply, checksum_ok, ancbuf, sol_socket = self._reply, pk.checksum_ok, _ANCBUF, socket.SOL_SOCKET
         for _ in range(10_000):  # drain, but never starve the loop forever
             try:
                 data, anc, mflags, addr = recvmsg(bufsize, ancbuf)
@@ -421,17 +399,9 @@ class _Group:
             n = len(data)
             # the common case inline: an echo reply (on raw IPv4: in a 20-byte IP header, good checksum)
             if n >= off + 8 and data[off] == echo_reply and (not raw4 or (data[0] == 0x45 and data[9] == 1)):
-                if raw4:
-                    # a good checksum: the message's words sum to 0xFFFF, i.e. as one number it is a non-zero
-                    # multiple of 0xFFFF (2**16 = 1 mod 0xFFFF; see packet.word_sum); odd lengths the long way
-                    if n & 1:
-                        bad = pk.checksum(data[20:]) != 0
-                    else:
-                        v = int.from_bytes(data[20:], "big")
-                        bad = v % 0xFFFF != 0 or v == 0
-                    if bad:
-                        engine.malformed += 1
-                        continue
+                if raw4 and not checksum_ok(data[20:]):
+                    engine.malformed += 1
+                    continue
                 rid, seq = idseq(data, off + 4)
                 if raw and rid != ident:
                     continue
@@ -441,23 +411,28 @@ class _Group:
                 seq = self._other(data, src)
                 if seq < 0:
                     continue
-            for rnd in rounds.get(src, ()):  # find(), inline: this runs for every reply
-                i = (seq - rnd.start_seq) & 0xFFFF
-                if i < rnd.sent:
-                    break
-            else:
-                continue
-            rtts = rnd.rtts
-            if rtts[i] is not None:
-                rnd.duplicates += 1
-                continue
-            rtt = (rx_ns - rnd.send_ns[i]) / 1e9
-            if rtt < 0 or rtt > rnd.reply_timeout:
-                continue  # late: counted as lost
-            rtts[i] = rtt
-            rnd.answered += 1
-            if rnd.answered == rnd.count:
-                settle(rnd)
+            reply(src, seq, rx_ns)
+
+    def _reply(self, src: str, seq: int, rx_ns: int) -> None:
+        """Our echo reply for request ``seq`` to ``src``, received at ``rx_ns`` (both read paths): into its
+        round, a duplicate counted, a late one dropped, the round settled when every request is answered."""
+        for rnd in self.rounds.get(src, ()):  # find() without its tuple: this runs for every reply
+            i = (seq - rnd.start_seq) & 0xFFFF
+            if i < rnd.sent:
+                break
+        else:
+            return
+        rtts = rnd.rtts
+        if rtts[i] is not None:
+            rnd.duplicates += 1
+            return
+        rtt = (rx_ns - rnd.send_ns[i]) / 1e9
+        if rtt < 0 or rtt > rnd.reply_timeout:
+            return  # late: counted as lost
+        rtts[i] = rtt
+        rnd.answered += 1
+        if rnd.answered == rnd.count:
+            self.engine.settle(rnd)
 
     def _other(self, data: bytes, src: str) -> int:
         """A datagram the inline path does not decode: the sequence number of our echo reply in it, else -1

@@ -67,6 +67,16 @@ def checksum(data: bytes) -> int:
     return ~word_sum(data) & 0xFFFF
 
 
+def checksum_ok(data: bytes | bytearray) -> bool:
+    """Whether an ICMP message's checksum is right (``checksum(data) == 0``): its words sum to 0xFFFF, i.e.
+    the number its bytes spell, padded to whole words, is a non-zero multiple of 0xFFFF (see
+    :func:`word_sum`). The engine checks every reply on a raw IPv4 socket with it."""
+    n = int.from_bytes(data, "big")
+    if len(data) & 1:
+        n <<= 8
+    return n != 0 and n % 0xFFFF == 0
+
+
 def payload(token: bytes, size: int) -> bytes:
     """``size`` payload bytes: the engine's token, then a fixed pattern (like ping's)."""
     pad = bytes(i & 0xFF for i in range(max(0, size - len(token))))
@@ -173,7 +183,7 @@ def parse(data: bytes, family: int, raw: bool, source: str = "") -> EchoReply | 
         raise Malformed(f"ICMP message truncated ({len(data)} bytes)")
     typ, code, _, ident, seq = _HDR.unpack_from(data)
     if family == socket.AF_INET:
-        if raw and checksum(data) != 0:  # datagram sockets get only messages the kernel verified
+        if raw and not checksum_ok(data):  # datagram sockets get only messages the kernel verified
             raise Malformed("bad ICMP checksum")
         if typ == ICMP_ECHO_REPLY:
             return EchoReply(ident, seq, data[8:], ttl)
