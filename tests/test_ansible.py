@@ -50,9 +50,12 @@ AM_STANDIN = AM_REAL if AM_REAL.exists() else ANSIBLE_DIR / "roles/mogli_alertma
 SKIP_CENTRAL_EXTRAS = "mogli_prometheus,mogli_alertmanager,mogli_grafana"
 
 AGENT_PATHS = [Path("/opt/mogli-agent"), Path("/etc/mogli-agent"), Path("/var/lib/mogli-agent"),
-               Path("/etc/systemd/system/mogli-agent.service"), Path("/etc/sysctl.d/60-mogli-agent.conf")]
+               Path("/etc/systemd/system/mogli-agent.service"), Path("/etc/sysctl.d/60-mogli-agent.conf"),
+               Path("/etc/sysctl.d/61-mogli-agent-ping.conf")]
 RMEM_MAX = Path("/proc/sys/net/core/rmem_max")
 DEBIAN_RMEM_MAX = 212992
+PING_GROUP_RANGE = Path("/proc/sys/net/ipv4/ping_group_range")
+DEBIAN_PING_GROUP_RANGE = "1 0"  # nobody may open unprivileged ICMP sockets
 COLLECTOR_PATHS = [Path("/opt/mogli-collector"), Path("/etc/mogli-collector"), Path("/var/lib/mogli-collector"),
                    Path("/etc/systemd/system/mogli-collector.service")]
 HARDENING = ["NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "ProtectHome=yes"]
@@ -291,8 +294,9 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         "mogli_collector_inventory_in_config": collector_knows_inventory_key(),
     }
     inv = write_inventory(tmp / "hosts.yml", agents={"ci-edge": agent}, cameras=cameras, common=common)
-    rmem_max = RMEM_MAX.read_text()
+    rmem_max, ping_range = RMEM_MAX.read_text(), PING_GROUP_RANGE.read_text()
     RMEM_MAX.write_text(f"{DEBIAN_RMEM_MAX}\n")  # as a router starts out: the role raises it
+    PING_GROUP_RANGE.write_text(f"{DEBIAN_PING_GROUP_RANGE}\n")  # and lets the agent's group in
     try:
         runs = []
         for _ in range(2):
@@ -304,6 +308,7 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     finally:
         _remove_installation()
         RMEM_MAX.write_text(rmem_max)
+        PING_GROUP_RANGE.write_text(ping_range.replace("\t", " "))
 
 
 def test_second_run_changes_nothing(applied: dict[str, Any]) -> None:
@@ -364,6 +369,21 @@ def test_icmp_receive_buffer_cap_is_raised_for_the_agent(applied: dict[str, Any]
     conf = Path("/etc/sysctl.d/60-mogli-agent.conf")
     assert _owner(conf) == ("root", "root", 0o644)
     assert "net.core.rmem_max = 4194304" in conf.read_text().splitlines()
+
+
+def test_the_agents_group_may_open_unprivileged_icmp_sockets(applied: dict[str, Any]) -> None:
+    """Debian lets nobody open ICMP datagram sockets (ping_group_range "1 0"); the role lets the agent's group in,
+    now and at boot, so the ICMP engine uses them rather than raw sockets (docs/probes/icmp.md)."""
+    gid = grp.getgrnam("mogli-agent").gr_gid
+    assert [int(v) for v in PING_GROUP_RANGE.read_text().split()] == [gid, gid]
+    conf = Path("/etc/sysctl.d/61-mogli-agent-ping.conf")
+    assert _owner(conf) == ("root", "root", 0o644)
+    assert f"net.ipv4.ping_group_range = {gid} {gid}" in conf.read_text().splitlines()
+    r = subprocess.run(["setpriv", f"--regid={gid}", "--clear-groups", f"--reuid={pwd.getpwnam('mogli-agent').pw_uid}",
+                        "--inh-caps=-all", "--bounding-set=-all", "/usr/bin/python3", "-c",
+                        "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr  # as the agent, with no capability at all
 
 
 def test_users_files_and_permissions(applied: dict[str, Any]) -> None:
