@@ -237,8 +237,8 @@ class Round:
     at: float = 0.0  # loop time the first packet was due
     sent: int = 0
     answered: int = 0
-    send_ns: list[int] = field(default_factory=list)
-    rtts: list[float | None] = field(default_factory=list)  # per packet, None: no (timely) reply
+    send_ns: list[int] = field(default_factory=list)  # per packet, the first ``sent`` of ``count``
+    rtts: list[float | None] = field(default_factory=list)  # per packet, None: no (timely) reply (or not sent)
     duplicates: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # ICMP error kind -> count
     send_error: OSError | None = None
@@ -647,7 +647,6 @@ class Engine:
         building a new Round)."""
         assert rnd.done and rnd.future is None, "again() is for finished rounds with on_done"
         rnd.sent = rnd.answered = rnd.duplicates = rnd.mtu = 0
-        rnd.send_ns, rnd.rtts = [], []
         if rnd.errors:
             rnd.errors = {}
         rnd.send_error = None
@@ -656,8 +655,9 @@ class Engine:
         self._begin(rnd, at)
 
     def _begin(self, rnd: Round, at: float) -> None:
-        others = rnd.group.rounds.setdefault(rnd.key, [])
         start, count = self.rng.randrange(0x10000), rnd.count
+        rnd.send_ns, rnd.rtts = [0] * count, [None] * count  # filled in as the packets go and come back
+        others = rnd.group.rounds.setdefault(rnd.key, [])
         for _ in range(8 if others else 0):  # another round to this address in flight: keep sequences apart
             if not any((start - o.start_seq) & 0xFFFF < o.count or (o.start_seq - start) & 0xFFFF < count
                        for o in others):
@@ -767,6 +767,7 @@ class Engine:
         later: list[Round] = []
         sent = 0
         header, time_ns, errs = _CSUM_ID_SEQ.pack_into, time.time_ns, (errno.EHOSTUNREACH, errno.ENETUNREACH)
+        get_slot, push = slots.get, heapq.heappush
         while heap and heap[0] <= horizon:
             for rnd in slots.pop(heapq.heappop(heap)):
                 if rnd.done:
@@ -783,8 +784,7 @@ class Engine:
                 else:
                     header(pkt, 2, 0, rnd.ident, seq)
                 rnd.sent = i + 1
-                rnd.rtts.append(None)
-                rnd.send_ns.append(time_ns())  # right before sendto: the RTT's start
+                rnd.send_ns[i] = time_ns()  # right before sendto: the RTT's start
                 try:
                     g.sock.sendto(pkt, rnd.sockaddr)
                 except OSError as e:  # counted as sent and lost; the error explains an all-lost round
@@ -792,16 +792,26 @@ class Engine:
                     if e.errno in errs:
                         rnd.errors["unreachable"] = rnd.errors.get("unreachable", 0) + 1
                 sent += 1
-                if rnd.sent < rnd.count:
-                    rnd.next_due += rnd.packet_interval
-                    later.append(rnd)  # its next packet goes in a later wakeup, never two in one burst
+                if i + 1 < rnd.count:  # its next packet goes in a later wakeup, never two in one burst
+                    due = rnd.next_due = rnd.next_due + rnd.packet_interval
+                    slot = int(due * 1000)
+                    if slot <= horizon:  # behind, or packets closer than a tick: after this loop
+                        later.append(rnd)
+                        continue
+                    lst = get_slot(slot)  # else into its slot at once (_schedule, inline: every packet does this)
+                    if lst is None:
+                        slots[slot] = [rnd]
+                        push(heap, slot)
+                    else:
+                        lst.append(rnd)
                 else:
                     rnd.end_due = max(rnd.next_due, now) + rnd.reply_timeout
                     heapq.heappush(ends, (rnd.end_due, next(tie), rnd))
                     if rnd.future is not None:
                         heapq.heappush(self.exact_ends, rnd.end_due)
         self.packets_sent += sent
-        self._schedule(later)
+        if later:
+            self._schedule(later)
         for g in self.groups.values():
             g.drain()
         while ends and ends[0][0] <= now:
