@@ -72,6 +72,51 @@ class _LabelSet:
         self.json = ""  # the labels as a report writes them (wire.labels_json), made when first needed
 
 
+class Prepared:
+    """One label set's gauges, counters and histogram of a fixed shape, recorded again and again: what
+    :meth:`Recorder.values` does for them, checked against the catalog once instead of every time (the
+    ICMP fleet records one round of each target this way: ~1,000 a second at 10,000 targets). Get it
+    with :meth:`Recorder.prepare`."""
+
+    __slots__ = ("counters", "gauges", "hist", "ls", "n", "rec", "template")
+
+    def __init__(self, rec: Recorder, ls: _LabelSet, gauges: tuple[str, ...], counters: tuple[str, ...],
+                 hist: _Hist, nanos: frozenset[str]):
+        self.rec, self.ls, self.gauges, self.counters, self.hist = rec, ls, gauges, counters, hist
+        self.n = len(gauges) + len(counters) + 1
+        self.template = wire.group_template((*gauges, *counters, hist.shape), nanos)
+
+    def record(self, ts: float, gauges: list[float | None], counters: tuple[float, ...],
+               observed: list[float]) -> None:
+        """``Recorder.values(labels, ts, zip(names, gauges), zip(names, counters), [(histogram, observed)])``,
+        the same group and totals; gauges that are None are not reported (a round without replies has no RTT)."""
+        rec, ls = self.rec, self.ls
+        try:
+            fast = all(map(math.isfinite, gauges))  # type: ignore[arg-type]
+        except TypeError:  # a None
+            fast = False
+        totals = ls.totals
+        get = totals.get
+        new = [get(name, 0.0) + inc for name, inc in zip(self.counters, counters, strict=True)]
+        h = self.hist
+        if not fast or not all(map(math.isfinite, new)):
+            rec.values(ls.labels, ts, [(n, v) for n, v in zip(self.gauges, gauges, strict=True) if v is not None],
+                       zip(self.counters, counters, strict=True), ((h.name, observed),))
+            return
+        totals.update(zip(self.counters, new, strict=True))
+        h.observe_many(observed)
+        rec._dirty.add(ls)
+        if not math.isfinite(h.sum):
+            rec._emit(ls, ts, [*self.gauges, *self.counters], [*gauges, *new], [])  # type: ignore[list-item]
+            return
+        if rec._encoded:
+            cum = h.cumulative()
+            rec._groups.append(self.template % (ts, ls.json, *gauges, *new, *cum, h.sum, cum[-1]))
+            rec._count += self.n
+        else:
+            rec._emit(ls, ts, [*self.gauges, *self.counters], [*gauges, *new], [h])  # type: ignore[list-item]
+
+
 class Recorder:
     """Running totals and what was recorded since the last drain.
 
@@ -175,6 +220,21 @@ class Recorder:
         if changed:
             self._dirty.add(ls)
         self._emit(ls, ts, names, numbers, hists)
+
+    def prepare(self, labels: Labels, gauges: tuple[str, ...], counters: tuple[str, ...],
+                histogram: str, nanos: frozenset[str] = frozenset()) -> Prepared:
+        """The label set's values of this shape, to record with :meth:`Prepared.record` (every name is
+        checked against the catalog now: ValueError or KeyError as for :meth:`values`). The values named in
+        ``nanos`` are reported to the nanosecond (wire.NANOS): times from nanosecond clocks."""
+        ls = self._set(labels)
+        for name in (*gauges, *counters, histogram):
+            self._check(name, ls)
+        h = ls.hists.get(histogram)
+        if h is None:
+            h = ls.hists[histogram] = _Hist(self._buckets.get(histogram, RTT_BUCKETS), histogram)
+        if not ls.json:
+            ls.json = wire.labels_json(ls.labels)
+        return Prepared(self, ls, gauges, counters, h, nanos)
 
     def set_total(self, name: str, labels: Labels, value: float, ts: float) -> None:
         """Record a counter kept elsewhere (a kernel counter) at its cumulative ``value``.

@@ -22,7 +22,7 @@ from agent.icmp.engine import Round, get_engine
 from agent.probes import PROBES, icmp
 from agent.probes.base import Permission, ProbeError, ProbeResult, reason_of
 from agent.probes.icmp import IcmpConfig
-from agent.recorder import Labels, Recorder
+from agent.recorder import Labels, Prepared, Recorder
 from agent.sender import Sender
 from agent.spool import Spool
 
@@ -126,7 +126,16 @@ def record_outcome(rec: Recorder, base: Labels, ok: bool, reason: str, duration:
     counters.append(("mogli_probe_runs_total", 1.0))
     rec.values(base, ts, gauges, counters, observed)
     if not ok:
-        rec.inc("mogli_probe_failures_total", (base[0], ("reason", reason), *base[1:]), 1, ts)
+        record_failure(rec, base, reason, ts)
+
+
+OUTCOME_GAUGES = ("mogli_probe_success", "mogli_probe_duration_seconds")
+OUTCOME_COUNTERS = ("mogli_probe_runs_total",)
+"""What :func:`record_outcome` adds to a run's own gauges and counters, in order (for Recorder.prepare)."""
+
+
+def record_failure(rec: Recorder, base: Labels, reason: str, ts: float) -> None:
+    rec.inc("mogli_probe_failures_total", (base[0], ("reason", reason), *base[1:]), 1, ts)
 
 
 _TARGETED = frozenset(name for name, m in METRICS.items() if "target" in m.labels)
@@ -192,6 +201,7 @@ class IcmpFleet:
         self.rounds: dict[int, Round] = {}  # index in cfgs -> its round in flight or waiting to start
         self.addresses = [icmp.literal(c.target, c.family) for c in cfgs]
         self.labels: list[Labels] = [(("probe", "icmp"), ("target", target_label(c))) for c in cfgs]
+        self.prepared: list[Prepared | None] = [None] * len(cfgs)  # each probe's round group, made at its first end
 
     @staticmethod
     def takes(pcfg: Any) -> bool:
@@ -243,14 +253,24 @@ class IcmpFleet:
         ts = time.time() - duration
         got = rnd.valid_rtts()
         st = icmp.stats_of(got, rnd.sent, rnd.duplicates)
-        gauges, counters = icmp.round_values(st)  # what icmp.run records, without a ProbeResult
         ok, reason = True, ""
         if not st.received:
             try:
                 icmp.check_round(rnd, st, c)
             except Exception as e:
                 ok, reason = False, reason_of(e)
-        record_outcome(self.rec, base, ok, reason, duration, ts, gauges, counters, [(icmp.RTT_HISTOGRAM, got)])
+        # what record_outcome(icmp.round_values(st)) records, as one prepared group (no name checks, no lists)
+        prep = self.prepared[i]
+        if prep is None:
+            prep = self.prepared[i] = self.rec.prepare(base, (*icmp.ROUND_GAUGES, *OUTCOME_GAUGES),
+                                                       (*icmp.ROUND_COUNTERS, *OUTCOME_COUNTERS), icmp.RTT_HISTOGRAM,
+                                                       icmp.NANO_VALUES)
+        gauges: list[float | None] = [*st[3:], 1.0 if ok else 0.0, duration]
+        if not st.sent:
+            gauges[0] = None  # no loss ratio without a request
+        prep.record(ts, gauges, (float(st.sent), float(st.received), float(st.duplicates), 1.0), got)
+        if not ok:
+            record_failure(self.rec, base, reason, ts)
         if rnd.group.sock.fileno() >= 0:  # the engine is still open: the same round again
             self.engine.again(rnd, self._next(c, due))  # self.rounds[i] is this Round already
 

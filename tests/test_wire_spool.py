@@ -476,3 +476,64 @@ def test_the_agents_encoded_recorder_reports_what_the_sample_recorder_records() 
     assert recs[1].drain_groups() == ([], 0)
     with pytest.raises(RuntimeError, match="drain_groups"):
         recs[1].drain()
+
+
+def test_a_prepared_group_records_what_values_records() -> None:
+    """Recorder.prepare (the ICMP fleet's rounds) writes the same groups and keeps the same totals as
+    Recorder.values for the same calls, on both recorders: a whole round, a round without replies (its
+    RTT gauges None, left out), a gauge that is not a number, and a counter total that stops being one."""
+    gauges = ("mogli_icmp_loss_ratio", "mogli_icmp_rtt_avg_seconds", "mogli_probe_success")
+    counters = ("mogli_icmp_sent_total", "mogli_probe_runs_total")
+    hist = "mogli_icmp_rtt_seconds"
+    lb = (("probe", "icmp"), ("target", "gw"))
+    calls: list[tuple[float, list[float | None], tuple[float, ...], list[float]]] = [
+        (T0 + 1, [0.0, 1.25e-05, 1.0], (10.0, 1.0), [1.2e-05, 1.3e-05, 0.7]),
+        (T0 + 2, [1.0, None, 0.0], (10.0, 1.0), []),
+        (T0 + 3, [0.1, float("nan"), 1.0], (10.0, 1.0), [0.004]),
+        (T0 + 4, [0.0, 2e-05, 1.0], (float("inf"), 1.0), [2e-05]),
+        (T0 + 5, [0.0, 2e-05, 1.0], (10.0, 1.0), [2e-05]),
+    ]
+    for encoded in (False, True):
+        plain, prepared = Recorder(encoded=encoded), Recorder(encoded=encoded)
+        prep = prepared.prepare(lb, gauges, counters, hist)
+        for ts, g, c, obs in calls:
+            plain.values(lb, ts, [(n, v) for n, v in zip(gauges, g, strict=True) if v is not None],
+                         list(zip(counters, c, strict=True)), [(hist, obs)])
+            prep.record(ts, g, c, obs)
+        if encoded:
+            assert prepared.drain_groups() == plain.drain_groups()
+        else:
+            assert prepared.drain() == plain.drain()
+        assert prepared.changed_totals() == plain.changed_totals()
+        assert prepared.total("mogli_icmp_sent_total", lb) == math.inf
+        assert prepared.total("mogli_probe_runs_total", lb) == 5.0
+    with pytest.raises(KeyError):
+        Recorder().prepare(lb, ("mogli_no_such_metric",), counters, hist)
+
+
+def test_a_prepared_group_writes_nanosecond_values_with_nine_decimals() -> None:
+    """Values named in ``nanos`` (the ICMP RTTs, from nanosecond timestamps) are written with nine decimals:
+    the report reads back as the same samples to the nanosecond, every other value exactly."""
+    lb = (("probe", "icmp"), ("target", "gw"))
+    gauges, counters, hist = ("mogli_icmp_rtt_avg_seconds", "mogli_probe_duration_seconds"), \
+        ("mogli_icmp_sent_total",), "mogli_icmp_rtt_seconds"
+    plain, nano = Recorder(encoded=True), Recorder(encoded=True)
+    prep = nano.prepare(lb, gauges, counters, hist, frozenset({gauges[0], hist}))
+    for ts, avg, rtts in ((T0 + 0.123456789, 5.6123456789e-05, [5.1e-05, 6.1234567e-05]), (T0 + 2, 1.5, [1.5])):
+        plain.values(lb, ts, [(gauges[0], avg), (gauges[1], 0.123456789)], [(counters[0], 2.0)], [(hist, rtts)])
+        prep.record(ts, [avg, 0.123456789], (2.0,), rtts)
+    groups, _ = nano.drain_groups()
+    assert '["mogli_icmp_rtt_avg_seconds",0.000056123]' in groups[0]
+    assert '["mogli_probe_duration_seconds",0.123456789]' in groups[0]
+    want, got = (wire.parse(json.loads(wire.decompress(wire.encode_groups(_report(), g), "gzip", 10**6))).samples
+                 for g in (plain.drain_groups()[0], groups))
+    assert [(s.name, s.labels, s.ts) for s in got] == [(s.name, s.labels, s.ts) for s in want]
+    for a, b in zip(got, want, strict=True):
+        if isinstance(b.value, wire.Histogram):
+            assert isinstance(a.value, wire.Histogram)
+            assert (a.value.buckets, a.value.count) == (b.value.buckets, b.value.count)
+            assert a.value.sum == pytest.approx(b.value.sum, abs=5e-10)
+        elif a.name == gauges[0]:
+            assert a.value == pytest.approx(b.value, abs=5e-10)
+        else:
+            assert a.value == b.value

@@ -110,19 +110,22 @@ def stats_of(got: list[float], sent: int, duplicates: int = 0) -> RoundStats:
 
 
 RTT_HISTOGRAM = "mogli_icmp_rtt_seconds"  # a round's RTTs, observed once per round
+ROUND_GAUGES = ("mogli_icmp_loss_ratio", "mogli_icmp_rtt_min_seconds", "mogli_icmp_rtt_avg_seconds",
+                "mogli_icmp_rtt_max_seconds", "mogli_icmp_rtt_stddev_seconds", "mogli_icmp_jitter_seconds")
+"""The gauges of :func:`round_values`, in order: RoundStats from loss_ratio on."""
+ROUND_COUNTERS = ("mogli_icmp_sent_total", "mogli_icmp_received_total", "mogli_icmp_duplicates_total")
+"""The counters of :func:`round_values`, in order: RoundStats' sent, received, duplicates."""
+NANO_VALUES = frozenset((*ROUND_GAUGES[1:], RTT_HISTOGRAM))
+"""RTTs, from the kernel's nanosecond timestamps: reported to the nanosecond (agent/wire.py NANOS)."""
 
 
 def round_values(st: RoundStats) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
     """A round's (gauges, counter increments), all on the probe/target series; the RTTs of
     ``Round.valid_rtts()`` go to the :data:`RTT_HISTOGRAM`."""
-    counters = [("mogli_icmp_sent_total", float(st.sent)), ("mogli_icmp_received_total", float(st.received)),
-                ("mogli_icmp_duplicates_total", float(st.duplicates))]
-    gauges = [("mogli_icmp_loss_ratio", st.loss_ratio)] if st.sent else []
-    for name, v in (("mogli_icmp_rtt_min_seconds", st.rtt_min), ("mogli_icmp_rtt_avg_seconds", st.rtt_avg),
-                    ("mogli_icmp_rtt_max_seconds", st.rtt_max), ("mogli_icmp_rtt_stddev_seconds", st.rtt_stddev),
-                    ("mogli_icmp_jitter_seconds", st.jitter)):
-        if v is not None:
-            gauges.append((name, v))
+    counters = [(name, float(v)) for name, v in zip(ROUND_COUNTERS, st[:3], strict=True)]
+    gauges = [(name, v) for name, v in zip(ROUND_GAUGES, st[3:], strict=True) if v is not None]
+    if not st.sent:
+        del gauges[0]  # no loss ratio without a request
     return gauges, counters
 
 
