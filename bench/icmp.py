@@ -9,11 +9,16 @@ CPU time over its run time (from rusage of the finished child). Targets are 127.
 loopback), so the kernel answers every request: any loss the collector shows is false loss. Both run pinned
 to the same CPU (see ``CPU``), three times each, alternating; the figures are medians.
 
-Run: python -m bench.icmp   (needs CAP_NET_RAW or ping_group_range, and fping)
+Ours runs on each kind of ICMP socket (``PLAN``): a datagram socket, as a router deployed with the Ansible
+role runs (the bench lets its group into net.ipv4.ping_group_range for the run, and checks in /proc which
+kind the agent opened), and at 10,000 targets also a raw one. fping, run as root, opens a raw socket.
+
+Run: python -m bench.icmp   (as root: sets ping_group_range; needs fping)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -22,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -38,6 +44,8 @@ from helpers import (  # noqa: E402
     write_collector_config,
 )
 
+from agent.icmp.engine import ENV_SOCKET  # noqa: E402
+
 
 def targets(n: int) -> list[str]:
     return [f"127.1.{i // 250}.{i % 250 + 1}" for i in range(n)]
@@ -46,7 +54,11 @@ def targets(n: int) -> list[str]:
 SETTLE, WINDOW = 5.0, 10.0
 """The window starts SETTLE seconds after the collector shows every target (each has finished a round: agent
 start ~2 s at 10,000 probes, spread start < 10 s, a round 9.5 s), so it sees the steady state, batches and all."""
-PLAN = [(1000, 3), (10_000, 3)]  # (targets, repetitions)
+PLAN = [(1000, 3, "dgram"), (10_000, 3, "dgram"), (10_000, 3, "raw")]  # (targets, repetitions, socket kind)
+"""dgram: what a router deployed with the Ansible role runs (it lets the agent's group into
+net.ipv4.ping_group_range, so ``socket: auto`` opens a datagram ICMP socket); raw: without that sysctl
+(CAP_NET_RAW), as these figures were measured before the role set it."""
+PING_GROUP_RANGE = Path("/proc/sys/net/ipv4/ping_group_range")
 CPU = max(os.sched_getaffinity(0))
 """Ours and fping run pinned to this one CPU: a process moved between cores restarts with cold caches,
 which on this 2-core VM moved the same run's figure by up to a third (10,000 targets: 30-41 % unpinned,
@@ -79,7 +91,43 @@ def _sums(port: int) -> tuple[float, float, int]:
     return sent, got, series
 
 
-def ours(n: int) -> dict[str, float]:
+def _socket_kind(pid: int) -> str:
+    """The kind of ICMP socket the process has open: dgram (listed in /proc/net/icmp, icmp6) or raw."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            link = os.readlink(fd)
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    for kind, tables in (("dgram", ("icmp", "icmp6")), ("raw", ("raw", "raw6"))):
+        for table in tables:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+            if any(r.split()[9] in inodes for r in rows):
+                return kind
+    return "none"
+
+
+@contextlib.contextmanager
+def _ping_group(gid: int) -> Iterator[None]:
+    """net.ipv4.ping_group_range taking in ``gid`` while the benchmark runs, as the Ansible role sets it on a
+    router (docs/deploy.md); put back afterwards."""
+    before = PING_GROUP_RANGE.read_text()
+    PING_GROUP_RANGE.write_text(f"{gid} {gid}\n")
+    try:
+        yield
+    finally:
+        PING_GROUP_RANGE.write_text(before.replace("\t", " "))
+
+
+def ours(n: int, kind: str = "dgram") -> dict[str, Any]:
+    os.environ[ENV_SOCKET] = kind  # the agent inherits it: probes with socket: auto open this kind
+    try:
+        return _ours(n, kind)
+    finally:
+        del os.environ[ENV_SOCKET]
+
+
+def _ours(n: int, kind: str) -> dict[str, Any]:
     with TemporaryDirectory() as tmp:
         d = Path(tmp)
         port, token = free_port(), "bench-icmp-0123456789abcdef0123"
@@ -95,6 +143,8 @@ def ours(n: int) -> dict[str, float]:
             os.sched_setaffinity(agent.p.pid, {CPU})
             wait_until(lambda: not agent.alive() or _sums(port)[2] == n, 120, f"all {n} targets at the collector", 2)
             time.sleep(SETTLE)
+            if _socket_kind(agent.p.pid) != kind:
+                raise RuntimeError(f"the agent has no {kind} ICMP socket open (found: {_socket_kind(agent.p.pid)})")
             t0 = time.monotonic()  # the collector's counters are read when the scrape starts, not when it ends
             s0, _, _ = _sums(port)
             c0, w0 = _cpu_seconds(agent.p.pid), time.monotonic()
@@ -108,7 +158,7 @@ def ours(n: int) -> dict[str, float]:
         finally:
             agent.stop()
             col.stop()
-    return {"targets": n, "cpu_share": (c1 - c0) / (w1 - w0), "sent": s1, "received": r1,
+    return {"targets": n, "kind": kind, "cpu_share": (c1 - c0) / (w1 - w0), "sent": s1, "received": r1,
             "loss_ratio": 1 - r1 / s1 if s1 else 1.0, "pps": (s1 - s0) / (t1 - t0)}  # as the collector saw it
 
 
@@ -136,22 +186,29 @@ def _shares(runs: list[dict[str, float]]) -> str:
 
 
 def run() -> list[dict[str, Any]]:
+    with _ping_group(os.getgid()):
+        return _run()
+
+
+def _run() -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for n, reps in PLAN:
-        o: list[dict[str, float]] = []
+    for n, reps, kind in PLAN:
+        o: list[dict[str, Any]] = []
         f: list[dict[str, float]] = []
         for _ in range(reps):  # alternating: a slow spell of the VM hits both sides alike
-            o.append(ours(n))
+            o.append(ours(n, kind))
             f.append(fping(n))
         how = f"median of {reps} runs each, alternating, both pinned to CPU {CPU}"
+        sock = ("datagram ICMP socket (ping_group_range set, as the Ansible role sets it)" if kind == "dgram"
+                else "raw ICMP socket (no ping_group_range: CAP_NET_RAW)")
         rows.append({
-            "benchmark": f"icmp: {n} loopback targets at 1 pps each, CPU share of one core",
+            "benchmark": f"icmp: {n} loopback targets at 1 pps each, {kind} socket, CPU share of one core",
             "ours": round(100 * statistics.median(r["cpu_share"] for r in o), 2),
             "anchor": round(100 * statistics.median(r["cpu_share"] for r in f), 2),
-            "anchor_name": "fping 5.1 (-c 10 -p 1000)",
+            "anchor_name": "fping 5.1 (-c 10 -p 1000, raw socket)",
             "unit": "% of one core",
             "better": "lower",
-            "notes": f"{how}; ours: the whole agent process (probing, recording, batches every "
+            "notes": f"{how}; ours: the whole agent process on a {sock} (probing, recording, batches every "
                      f"{REPORT_INTERVAL:g} s into the spool and to a collector), {WINDOW:g} s window after a "
                      f"{SETTLE:g} s after every target reached the collector, single runs {_shares(o)} %, "
                      f"~{statistics.median(r['pps'] for r in o):.0f} packets/s (nominal {n}); fping: whole run "
@@ -160,10 +217,10 @@ def run() -> list[dict[str, Any]]:
                      f"goal {'5' if n <= 1000 else '30'} %; {os.cpu_count()} cores",
         })
         rows.append({
-            "benchmark": f"icmp: {n} loopback targets at 1 pps each, loss reported (all were answered)",
+            "benchmark": f"icmp: {n} loopback targets at 1 pps each, {kind} socket, loss reported (all were answered)",
             "ours": round(statistics.median(r["loss_ratio"] for r in o), 5),
             "anchor": round(statistics.median(r["loss_ratio"] for r in f), 5),
-            "anchor_name": "fping 5.1 (-c 10 -p 1000)",
+            "anchor_name": "fping 5.1 (-c 10 -p 1000, raw socket)",
             "unit": "loss ratio",
             "better": "lower",
             "notes": f"{how}; ours: mogli_icmp_received_total / mogli_icmp_sent_total summed over every target "
