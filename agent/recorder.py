@@ -43,8 +43,13 @@ class _Hist:
 
     @classmethod
     def load(cls, bounds: list[float], counts: list[int], total: float, name: str) -> _Hist:
-        h = cls(tuple(bounds), name)
-        h.counts, h.sum = list(counts), float(total)
+        """A histogram as saved; ValueError or TypeError when the saved form is not one."""
+        b = tuple(float(x) for x in bounds)
+        c = [int(x) for x in counts]
+        if len(c) != len(b) + 1 or any(x > y for x, y in itertools.pairwise(b)) or min(c, default=0) < 0:
+            raise ValueError(f"{name}: {len(b)} bounds, {len(c)} counts")
+        h = cls(b, name)
+        h.counts, h.sum = c, float(total)
         return h
 
     def cumulative(self) -> list[int]:
@@ -309,23 +314,31 @@ class Recorder:
         """The rows of :meth:`changed_totals` are stored (their batch is committed)."""
         self._dirty = set()
 
-    def load_totals(self, rows: Iterable[tuple[str, str]]) -> None:
+    def load_totals(self, rows: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """Totals saved by :meth:`changed_totals`. Series whose metric left the catalog or whose labels
-        changed (an older agent's spool) are dropped: they would only be rejected."""
+        changed (an older agent's spool) are dropped: they would only be rejected. A row that cannot be
+        read (damaged on flash) is skipped whole and returned as (its key, why): its series start again
+        from 0, which Prometheus takes for a counter reset, where failing would keep the agent from
+        starting at all."""
+        bad: list[tuple[str, str]] = []
         for k, v in rows:
-            labels = tuple((str(a), str(b)) for a, b in json.loads(k))
-            data = json.loads(v)
+            try:
+                labels, counters, hists = _totals_row(k, v)
+            except (ValueError, TypeError, AttributeError) as e:  # json's errors are ValueErrors
+                bad.append((k, f"{type(e).__name__}: {e}"))
+                continue
             ls: _LabelSet | None = None
-            for name, total in data.get("c", {}).items():
+            for name, total in counters:
                 if self._known(name, labels):
                     ls = ls or self._set(labels)
-                    ls.totals[name] = float(total)
-            for name, (bounds, counts, s) in data.get("h", {}).items():
-                if self._known(name, labels):
+                    ls.totals[name] = total
+            for h in hists:
+                if self._known(h.name, labels):
                     ls = ls or self._set(labels)
-                    ls.hists[name] = _Hist.load(bounds, counts, s, name)
+                    ls.hists[h.name] = h
             if ls is not None:
                 ls.key = k
+        return bad
 
     def load_legacy_totals(self, text: str) -> None:
         """All totals as one JSON document: how spools before per-label-set rows kept them. They are
@@ -347,6 +360,17 @@ class Recorder:
     @staticmethod
     def _known(name: str, labels: Labels) -> bool:
         return SORTED_LABELS.get(name) == tuple(k for k, _ in labels)
+
+
+def _totals_row(k: str, v: str) -> tuple[Labels, list[tuple[str, float]], list[_Hist]]:
+    """One row of :meth:`Recorder.changed_totals` read back: (labels, counter totals, histograms)."""
+    labels = tuple((str(a), str(b)) for a, b in json.loads(k))
+    data = json.loads(v)
+    if not isinstance(data, dict):
+        raise TypeError("not a JSON object")
+    counters = [(str(name), float(total)) for name, total in data.get("c", {}).items()]
+    hists = [_Hist.load(bounds, counts, s, str(name)) for name, (bounds, counts, s) in data.get("h", {}).items()]
+    return labels, counters, hists
 
 
 def _number(v: float) -> str:

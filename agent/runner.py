@@ -283,7 +283,9 @@ class Agent:
         legacy = self.spool.legacy_totals()
         if legacy:
             self.rec.load_legacy_totals(legacy)
-        self.rec.load_totals(self.spool.totals())
+        for key, why in self.rec.load_totals(self.spool.totals()):
+            log.error("%s: saved totals of %s cannot be read (%s): skipped, those series start again from 0",
+                      cfg.spool.path, key[:200], why)
         self.agent_start = time.time()
         self.wakeup = asyncio.Event()
         self.sender = Sender(cfg.collector, self.spool, self.rec, self.wakeup, token)

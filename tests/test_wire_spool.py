@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import sqlite3
+import time
 import zlib
 from pathlib import Path
 
@@ -537,3 +538,43 @@ def test_a_prepared_group_writes_nanosecond_values_with_nine_decimals() -> None:
             assert a.value == pytest.approx(b.value, abs=5e-10)
         else:
             assert a.value == b.value
+
+
+def test_a_totals_row_that_cannot_be_read_is_skipped_and_the_agent_starts(tmp_path: Path) -> None:
+    """Flash that returns garbage inside an intact journal row, or a damaged row of the totals table: the
+    agent starts with every other series (the damaged ones start again from 0), and its log names the
+    spool and the series."""
+    from helpers import free_port, start_agent, wait_until, write_agent_config
+
+    cfg = write_agent_config(tmp_path, "case1", "tok-1", free_port(), {})
+    p = tmp_path / "case1-spool.db"
+    sp = Spool(p, 10**6, 10**6)
+    _saved(_runs({"a": 1, "b": 2, "c": 3, "d": 4}), sp)
+    key = {t: json.dumps([["probe", "tcp"], ["target", t]], separators=(",", ":")) for t in "abcde"}
+    sp.close()
+    db = sqlite3.connect(p)
+    db.execute("INSERT INTO totals VALUES (?, ?)", (key["e"], '{"c":{"mogli_probe_runs_total":'))  # cut off
+    rows = [(key["b"], '{"c":{"mogli_probe_runs_total":"many"}}'),  # zlib and framing intact, the text not
+            (key["c"], '{"c":{},"h":{"mogli_probe_duration_seconds":[[0.1,0.5],[1],0.2]}}'),
+            ("[[\"probe\"]]", "{}")]
+    db.execute("INSERT INTO totals_log VALUES (99, ?)", (zlib.compress("\n".join(f"{k}\t{v}" for k, v in rows)
+                                                                      .encode()),))
+    db.commit()
+    db.close()
+    rec = Recorder()
+    bad = rec.load_totals(Spool(p, 10**6, 10**6).totals())
+    assert sorted(k for k, _ in bad) == sorted([key["e"], key["b"], key["c"], '[["probe"]]'])
+    assert any("2 bounds, 1 counts" in why for _, why in bad), bad
+    assert {t: rec.total("mogli_probe_runs_total", _tcp(t)) for t in "abcde"} == {"a": 1, "b": 0, "c": 0, "d": 4,
+                                                                                "e": 0}
+    agent = start_agent(tmp_path, cfg, "case1")
+    try:
+        wait_until(lambda: "cannot be read" in agent.output() or not agent.alive(), 20, "the agent's error")
+        time.sleep(1.0)
+        out = agent.output()
+        assert agent.alive(), out[-3000:]
+        assert f"{p}: saved totals of {key['e']} cannot be read" in out, out[-3000:]
+        assert f"{p}: saved totals of {key['b']} cannot be read (ValueError" in out, out[-3000:]
+        assert "Traceback" not in out
+    finally:
+        agent.stop()
