@@ -46,7 +46,7 @@ class _Hist:
         """A histogram as saved; ValueError or TypeError when the saved form is not one."""
         b = tuple(float(x) for x in bounds)
         c = [int(x) for x in counts]
-        if len(c) != len(b) + 1 or any(x > y for x, y in itertools.pairwise(b)) or min(c, default=0) < 0:
+        if len(c) != len(b) + 1 or any(x > y for x, y in itertools.pairwise(b)) or min(c) < 0:
             raise ValueError(f"{name}: {len(b)} bounds, {len(c)} counts")
         h = cls(b, name)
         h.counts, h.sum = c, float(total)

@@ -117,24 +117,26 @@ def record(
         rec.set_total(name, _labels(name, base, extra), v, ts)
 
 
+OUTCOME_GAUGES = ("mogli_probe_success", "mogli_probe_duration_seconds")
+OUTCOME_COUNTERS = ("mogli_probe_runs_total",)
+"""What :func:`record_outcome` adds to a run's own gauges and counters, in order (the ICMP fleet's
+Recorder.prepare names the same)."""
+
+
 def record_outcome(rec: Recorder, base: Labels, ok: bool, reason: str, duration: float, ts: float,
                    gauges: list[tuple[str, float]], counters: list[tuple[str, float]],
                    observed: list[tuple[str, list[float]]]) -> None:
     """What every probe run records (success, duration, runs, failures by reason) with the run's own
     gauges, counter increments and observations on its probe/target series: one report group."""
-    gauges += [("mogli_probe_success", 1.0 if ok else 0.0), ("mogli_probe_duration_seconds", duration)]
-    counters.append(("mogli_probe_runs_total", 1.0))
+    gauges += zip(OUTCOME_GAUGES, (1.0 if ok else 0.0, duration), strict=True)
+    counters += zip(OUTCOME_COUNTERS, (1.0,), strict=True)
     rec.values(base, ts, gauges, counters, observed)
     if not ok:
         record_failure(rec, base, reason, ts)
 
 
-OUTCOME_GAUGES = ("mogli_probe_success", "mogli_probe_duration_seconds")
-OUTCOME_COUNTERS = ("mogli_probe_runs_total",)
-"""What :func:`record_outcome` adds to a run's own gauges and counters, in order (for Recorder.prepare)."""
-
-
 def record_failure(rec: Recorder, base: Labels, reason: str, ts: float) -> None:
+    """A failed run, counted by reason on its probe/target series."""
     rec.inc("mogli_probe_failures_total", (base[0], ("reason", reason), *base[1:]), 1, ts)
 
 
