@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import os
 import socket
+import struct
 import subprocess
 import weakref
 from collections.abc import Iterator
@@ -155,6 +156,50 @@ def test_many_targets_share_one_socket_and_replies_go_to_the_right_round(kind: s
     assert groups == 2  # the two families opened above, nothing per target
     for t, r in zip(targets, results, strict=True):
         assert (r.detail["target"], r.detail["sent"], r.detail["received"]) == (t, 10, 10)
+
+
+def _echo_reply(ident: int, seq: int, data: bytes) -> bytes:
+    from agent.icmp import packet as pk
+
+    head = struct.pack("!BBHHH", pk.ICMP_ECHO_REPLY, 0, 0, ident, seq)
+    return head[:2] + struct.pack("!H", pk.checksum(head + data)) + head[4:] + data
+
+
+def test_forged_replies_among_real_ones_on_a_datagram_socket_are_told_apart(read_path: str) -> None:
+    """Replies injected to the datagram socket's identifier (from a raw socket, as a host on the path could)
+    between the real ones: one with our token repeats an answered request and counts as a duplicate, read
+    alone or in one read with two that carry another token, which are not ours and count as nothing; the
+    round still gets all its replies."""
+    need(can_open("raw"), "needs CAP_NET_RAW to forge replies")
+    with where_kind_works("dgram") as ns:
+        async def main() -> tuple[int, int, int, int]:
+            open_groups(ns, "dgram", (V4,))
+            check_read_path(read_path)
+            eng = get_engine()
+            with inside(ns) if ns else contextlib.nullcontext():
+                forger = socket.socket(V4, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            try:
+                rnd = eng.start("127.0.0.1", V4, count=4, packet_interval=0.2, reply_timeout=1.0, kind="dgram")
+                data = bytes(rnd.pkt[8:])  # our payload: the token, then filler
+                assert data.startswith(eng.token)
+                other = bytes(len(eng.token)) + data[len(eng.token):]
+                await asyncio.sleep(0.1)  # the first request is answered
+                assert rnd.answered == 1
+                ident = rnd.group.sock.getsockname()[1]  # the kernel's identifier, bound at the first send
+                forger.sendto(_echo_reply(ident, rnd.start_seq, data), ("127.0.0.1", 0))  # a real duplicate
+                await asyncio.sleep(0.2)  # read with the second reply: every message in the read is ours
+                forger.sendto(_echo_reply(ident, rnd.start_seq, other), ("127.0.0.1", 0))  # not ours
+                forger.sendto(_echo_reply(ident, (rnd.start_seq + 1) & 0xFFFF, other), ("127.0.0.1", 0))
+                forger.sendto(_echo_reply(ident, rnd.start_seq, data), ("127.0.0.1", 0))  # a duplicate again
+                assert rnd.future is not None
+                await rnd.future
+                return rnd.sent, rnd.answered, rnd.duplicates, eng.malformed
+            finally:
+                forger.close()
+                eng.close()
+
+        sent, answered, duplicates, malformed = asyncio.run(main())
+    assert (sent, answered, duplicates, malformed) == (4, 4, 2, 0)
 
 
 @pytest.mark.parametrize("kind", KINDS)
