@@ -130,6 +130,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"{args.config}: collector.token_file: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    from agent import hugepages
+
+    try:
+        hugepages.wanted(0)
+    except ValueError as e:
+        print(f"environment: {e}", file=sys.stderr)
+        return EXIT_CONFIG
 
     async def main() -> None:
         agent = Agent(cfg, token)

@@ -13,9 +13,9 @@ import math
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from agent import __version__, wire
+from agent import __version__, hugepages, wire
 from agent.catalog import METRICS
 from agent.config import AgentConfig, probe_list
 from agent.icmp.engine import Round, get_engine
@@ -183,6 +183,19 @@ async def gc_loop(interval: float = GC_INTERVAL, full_every: int = GC_FULL_EVERY
         gc.enable()
 
 
+async def huge_pages_loop(first: float, every: float = GC_INTERVAL) -> None:
+    """Ask for huge pages for the heap (agent/hugepages.py) after ``first`` seconds, then every ``every``
+    seconds for what the heap has grown by, until the kernel refuses."""
+    hp = hugepages.HugePages()
+    await asyncio.sleep(first)
+    while hp.active:
+        t = time.monotonic()
+        if n := await asyncio.to_thread(hp.advise):  # a collapse copies megabytes: not on the loop's time
+            log.info("huge pages: %d MiB more of the heap (%.0f ms; %d MiB in all)", n >> 20,
+                     (time.monotonic() - t) * 1e3, hp.bytes >> 20)
+        await asyncio.sleep(every)
+
+
 class IcmpFleet:
     """Every ICMP probe with an IP-address target, scheduled by the ICMP engine without a task each.
 
@@ -253,7 +266,8 @@ class IcmpFleet:
         c, base = self.cfgs[i], self.labels[i]
         duration = max(0.0, self.engine.loop.time() - due)
         ts = time.time() - duration
-        got = rnd.valid_rtts()
+        # every request answered (the usual round): its RTTs hold no None
+        got = cast(list[float], rnd.rtts) if rnd.answered == rnd.sent == rnd.count else rnd.valid_rtts()
         st = icmp.stats_of(got, rnd.sent, rnd.duplicates)
         ok, reason = True, ""
         if not st.received:
@@ -353,6 +367,9 @@ class Agent:
             tasks.append(asyncio.create_task(IcmpFleet(fleet, self.rec).run(), name=f"icmp fleet ({len(fleet)})"))
         tasks.append(asyncio.create_task(self.batch_loop(), name="batcher"))
         tasks.append(asyncio.create_task(gc_loop(), name="gc"))
+        if hugepages.wanted(len(fleet)):  # the first pass once every target has its round and series
+            first = min(60.0, max((c.interval for c in fleet), default=0.0) + 2.0)
+            tasks.append(asyncio.create_task(huge_pages_loop(first), name="huge pages"))
         tasks.append(asyncio.create_task(self.sender.run(), name="sender"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
