@@ -133,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent import hugepages
 
     try:
-        hugepages.wanted(0)
+        hugepages.setting()  # checked before anything starts
     except ValueError as e:
         print(f"environment: {e}", file=sys.stderr)
         return EXIT_CONFIG

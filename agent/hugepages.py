@@ -10,8 +10,8 @@ Debian's default for transparent huge pages is ``madvise``: a process gets them 
 allocator cannot be told to ask, so :func:`advise` does it afterwards: every private anonymous mapping
 (pymalloc's arenas, malloc's heap) that is at least half resident is marked MADV_HUGEPAGE and collapsed at
 once with MADV_COLLAPSE (Linux 6.1); new mappings are taken in at the next pass. Mostly empty mappings
-(thread stacks, spare arenas) are left alone, so the footprint of a small agent does not grow. Where the
-kernel has no huge pages (``never``, an older kernel, not Linux), the first refusal ends the passes.
+(thread stacks, spare arenas) are left alone, so the footprint of a small agent does not grow. Where madvise
+is refused (a kernel built without transparent huge pages) or missing (not Linux), the passes end.
 
 ``MOGLI_HUGE_PAGES=on|off`` in the environment overrides the automatic choice (:func:`wanted`).
 """
@@ -38,12 +38,18 @@ MIN_RESIDENT = 0.5
 empty pages resident)."""
 
 
-def wanted(icmp_targets: int, env: str | None = None) -> bool:
-    """Whether the agent asks for huge pages: ``MOGLI_HUGE_PAGES`` (``on``/``off``) or, unset (``auto``), from
-    :data:`MIN_TARGETS` ICMP targets on. Raises ValueError for another value."""
+def setting(env: str | None = None) -> str:
+    """``MOGLI_HUGE_PAGES`` (or ``env``): ``auto`` (also unset), ``on`` or ``off``; ValueError for another value."""
     value = (os.environ.get(ENV, "auto") if env is None else env).strip().lower()
     if value not in ("auto", "on", "off"):
         raise ValueError(f"{ENV}={value!r}: must be auto, on or off")
+    return value
+
+
+def wanted(icmp_targets: int, env: str | None = None) -> bool:
+    """Whether the agent asks for huge pages: as :func:`setting` says, and for ``auto`` from :data:`MIN_TARGETS`
+    ICMP targets on."""
+    value = setting(env)
     return value == "on" or (value == "auto" and icmp_targets >= MIN_TARGETS)
 
 
@@ -95,8 +101,8 @@ class HugePages:
         return self.fn is not None
 
     def advise(self) -> int:
-        """Advise and collapse the ranges not done yet; returns their bytes (0 also when the kernel refused,
-        after which the passes stop)."""
+        """Advise and collapse the ranges not done yet; returns the bytes advised in this pass (when madvise is
+        refused, the passes stop: :attr:`active` turns False)."""
         if self.fn is None:
             return 0
         try:

@@ -307,8 +307,7 @@ class Round:
     done: bool = False
     next_due: float = 0.0
     end_due: float = float("inf")
-    key: str = ""  # the address as replies name it (no %scope)
-    rkey: int | bytes = 0  # the same as replies carry it (raw_key)
+    rkey: int | bytes = 0  # the address (no %scope) as replies carry it (raw_key)
     sockaddr: tuple[str, int] | tuple[str, int, int, int] = ("", 0)  # for sendto
     pkt: bytearray = field(default_factory=bytearray)  # the echo request; each send writes its checksum and sequence
     ident: int = 0  # the identifier we write (0 on datagram sockets: the kernel fills it in)
@@ -713,9 +712,9 @@ class Engine:
         g = self.group(family, kind, tos, df)
         rnd = Round(address, family, count, packet_interval, reply_timeout, size, g, 0,
                     None if on_done else self.loop.create_future(), on_done, tag)
-        rnd.key, _, scope = address.partition("%")
-        rnd.rkey = raw_key(family, rnd.key)
-        rnd.sockaddr = (rnd.key, 0, 0, _scope_index(scope, address)) if scope else (address, 0)
+        host, _, scope = address.partition("%")
+        rnd.rkey = raw_key(family, host)
+        rnd.sockaddr = (host, 0, 0, _scope_index(scope, address)) if scope else (address, 0)
         data, data_sum = self.payload(size)
         rnd.ident = g.send_ident
         rnd.pkt = bytearray(pk.build_echo(family, rnd.ident, 0, data, data_sum))
