@@ -232,8 +232,13 @@ class IcmpFleet:
         loop = asyncio.get_running_loop()
         self.engine = get_engine()
         now = loop.time()
-        for i, c in enumerate(self.cfgs):
-            self._launch(i, now + spread_offset("icmp", target_label(c), c.interval))
+        starts = [(now + spread_offset("icmp", target_label(c), c.interval), i) for i, c in enumerate(self.cfgs)]
+        # made in the order their packets go out (by start within a packet interval): each round's objects are
+        # then allocated next to those of the rounds sent just before and after it, so a tick's sends and their
+        # replies walk memory mostly in order rather than all over the heap (10,000 targets: ~25 MB of rounds)
+        starts.sort(key=lambda t: (t[0] % self.cfgs[t[1]].packet_interval, t[1]))
+        for due, i in starts:
+            self._launch(i, due)
         try:
             await loop.create_future()  # rounds run from the engine's timer until we are cancelled
         finally:
