@@ -7,6 +7,7 @@ failure ``reason``); probes only add their own values (agent/probes/base.py).
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
 import logging
 import math
@@ -238,6 +239,7 @@ class IcmpFleet:
         # replies walk memory mostly in order rather than all over the heap (10,000 targets: ~25 MB of rounds)
         starts.sort(key=lambda t: (t[0] % self.cfgs[t[1]].packet_interval, t[1]))
         for due, i in starts:
+            self.cfgs[i] = copy.copy(self.cfgs[i])  # what each round's end reads, in that order too
             self._launch(i, due)
         try:
             await loop.create_future()  # rounds run from the engine's timer until we are cancelled

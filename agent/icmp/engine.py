@@ -317,6 +317,11 @@ class Round:
         return [r for r in self.rtts if r is not None]
 
 
+@cache
+def _nones(count: int) -> list[None]:
+    return [None] * count
+
+
 _IDSEQ = struct.Struct("!HH")
 _CSUM_ID_SEQ = struct.Struct("!HHH")  # an echo header from byte 2: checksum, identifier, sequence
 
@@ -714,7 +719,9 @@ class Engine:
                     None if on_done else self.loop.create_future(), on_done, tag)
         host, _, scope = address.partition("%")
         rnd.rkey = raw_key(family, host)
-        rnd.sockaddr = (host, 0, 0, _scope_index(scope, address)) if scope else (address, 0)
+        host = socket.inet_ntop(family, socket.inet_pton(family, host))  # sendto reads it for every packet: a copy
+        # made with the round, next to it in memory (the caller's string was made with the configuration)
+        rnd.sockaddr = (host, 0, 0, _scope_index(scope, address)) if scope else (host, 0)
         data, data_sum = self.payload(size)
         rnd.ident = g.send_ident
         rnd.pkt = bytearray(pk.build_echo(family, rnd.ident, 0, data, data_sum))
@@ -741,7 +748,11 @@ class Engine:
     def _begin(self, rnd: Round, at: float) -> None:
         bits, count = self.rng.getrandbits, rnd.count
         start = bits(16)
-        rnd.send_ns, rnd.rtts = [0] * count, [None] * count  # filled in as the packets go and come back
+        rtts = rnd.rtts
+        if len(rtts) == count:  # again(): the same lists, so a round's objects stay where they were allocated
+            rtts[:] = _nones(count)  # send_ns is written before it is read
+        else:
+            rnd.send_ns, rnd.rtts = [0] * count, [None] * count  # filled in as the packets go and come back
         rounds = rnd.group.rounds
         others = rounds.get(rnd.rkey)
         if others is None:
@@ -807,7 +818,7 @@ class Engine:
         others = rounds.get(rnd.rkey)
         if others is not None:
             others.remove(rnd)
-            if not others:
+            if not others and rnd.on_done is None:  # a fleet's round (on_done) comes again: keep its address's list
                 del rounds[rnd.rkey]
         if rnd.future is not None:
             if not rnd.future.done():
