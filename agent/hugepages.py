@@ -123,7 +123,9 @@ class HugePages:
                 log.info("huge pages: madvise refused (%s): not used", os.strerror(err))
                 self.fn = None
                 return new
-            self.fn(lo, hi - lo, MADV_COLLAPSE)  # at once, not when khugepaged comes by; EINVAL before Linux 6.1
+            # at once, not when khugepaged comes by. Its result is not checked: a collapse that fails (EAGAIN when
+            # pages are busy, EINVAL before Linux 6.1) leaves the range advised, and khugepaged collapses it later
+            self.fn(lo, hi - lo, MADV_COLLAPSE)
             self.done.add((lo, hi))
             new += hi - lo
         self.bytes += new
