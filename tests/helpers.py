@@ -5,6 +5,7 @@ With CI=true a missing tool fails the test; locally it skips with the reason.
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import json
 import os
@@ -272,3 +273,34 @@ def run_fleet(cfgs: list[Any], seconds: float, setup: Callable[[Any], None] | No
         return rec
 
     return asyncio.run(main())
+
+
+def make_certs(d: Path) -> dict[str, Path]:
+    """Self-signed server certificates from openssl for localhost and 127.0.0.1: ``short`` (30 days) and ``long``
+    (40,000 days: after 2049, a GeneralizedTime), with their keys as ``short.key`` and ``long.key``."""
+    out = {}
+    for name, days in (("short", "30"), ("long", "40000")):
+        key, crt = d / f"{name}.key", d / f"{name}.pem"
+        subprocess.run([tool("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", str(key), "-out", str(crt), "-days", days, "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+        out[name], out[f"{name}.key"] = crt, key
+    return out
+
+
+def openssl_not_after(crt: Path) -> float:
+    """The certificate's notAfter as openssl prints it, in seconds since the epoch."""
+    r = subprocess.run([tool("openssl"), "x509", "-in", str(crt), "-noout", "-enddate"], check=True,
+                       capture_output=True, text=True)
+    text = r.stdout.strip().removeprefix("notAfter=")  # e.g. "Dec 27 05:20:11 2026 GMT"
+    return float(calendar.timegm(time.strptime(text, "%b %d %H:%M:%S %Y %Z")))
+
+
+def drained_values(rec: Any) -> dict[tuple[str, str], float]:
+    """A Recorder's samples since the last drain, by (name, the phase or reason label, else "")."""
+    out = {}
+    for s in rec.drain():
+        lb = dict(s.labels)
+        assert isinstance(s.value, float)
+        out[(s.name, lb.get("phase", lb.get("reason", "")))] = s.value
+    return out

@@ -6,8 +6,6 @@ import asyncio
 import calendar
 import json
 import ssl
-import subprocess
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -15,12 +13,13 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from helpers import BIN, free_port, tool
+from helpers import BIN, drained_values, free_port, make_certs, openssl_not_after
 from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.confload import load_text
-from agent.probes.http import HttpConfig, cert_not_after
+from agent.probes.http import HttpConfig
+from agent.probes.tls import cert_not_after
 from agent.recorder import Recorder
 from agent.runner import Outcome, run_probe
 
@@ -69,33 +68,9 @@ async def probe(c: HttpConfig, rec: Recorder | None = None) -> Outcome:
     return await run_probe("http", c, rec)
 
 
-def _values(rec: Recorder) -> dict[tuple[str, str], float]:
-    out = {}
-    for s in rec.drain():
-        lb = dict(s.labels)
-        assert isinstance(s.value, float)
-        out[(s.name, lb.get("phase", lb.get("reason", "")))] = s.value
-    return out
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("certs")
-    out = {}
-    for name, days in (("short", "30"), ("long", "40000")):  # 40000 days: after 2049, a GeneralizedTime
-        key, crt = d / f"{name}.key", d / f"{name}.pem"
-        subprocess.run([tool("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                        "-nodes", "-keyout", str(key), "-out", str(crt), "-days", days, "-subj", "/CN=localhost",
-                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
-        out[name], out[f"{name}.key"] = crt, key
-    return out
-
-
-def _openssl_not_after(crt: Path) -> float:
-    r = subprocess.run([tool("openssl"), "x509", "-in", str(crt), "-noout", "-enddate"], check=True,
-                       capture_output=True, text=True)
-    text = r.stdout.strip().removeprefix("notAfter=")  # e.g. "Dec 27 05:20:11 2026 GMT"
-    return float(calendar.timegm(time.strptime(text, "%b %d %H:%M:%S %Y %Z")))
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 def _der(crt: Path) -> bytes:
@@ -108,7 +83,7 @@ def test_plain_http_status_length_phases_and_body_pattern() -> None:
             rec = Recorder()
             o = await probe(cfg(target=f"http://localhost:{port}/", body_pattern=r"status: stream\w+"), rec)
             assert o.ok, o
-            v = _values(rec)
+            v = drained_values(rec)
             assert v[("mogli_http_status_code", "")] == 200
             assert v[("mogli_http_content_length_bytes", "")] == len(PAGE)
             assert {p for n, p in v if n == "mogli_probe_phase_seconds"} == {"resolve", "connect", "first_byte"}
@@ -116,12 +91,12 @@ def test_plain_http_status_length_phases_and_body_pattern() -> None:
             # the wrong page: reason body, and the status is still reported
             o = await probe(cfg(target=f"http://127.0.0.1:{port}/", body_pattern="recording"), rec)
             assert (o.ok, o.reason) == (False, "body")
-            v = _values(rec)
+            v = drained_values(rec)
             assert v[("mogli_probe_failures_total", "body")] == 1 and v[("mogli_http_status_code", "")] == 200
             assert ("mogli_probe_phase_seconds", "resolve") not in v  # an IP literal needs no resolving
             # HEAD: no body read, length from Content-Length
             o = await probe(cfg(target=f"http://127.0.0.1:{port}/", method="HEAD"), rec)
-            assert o.ok and _values(rec)[("mogli_http_content_length_bytes", "")] == len(PAGE)
+            assert o.ok and drained_values(rec)[("mogli_http_content_length_bytes", "")] == len(PAGE)
 
     asyncio.run(go())
 
@@ -149,7 +124,7 @@ def test_slow_server_times_out() -> None:
             o = await probe(cfg(target=f"http://127.0.0.1:{port}/slow", timeout=0.3), rec)
             assert (o.ok, o.reason) == (False, "timeout")
             assert 0.3 <= o.duration < 2.5
-            v = _values(rec)
+            v = drained_values(rec)
             assert v[("mogli_probe_failures_total", "timeout")] == 1
             # the phases that completed are still reported: the server answered the connect, then stalled
             assert ("mogli_probe_phase_seconds", "connect") in v
@@ -172,14 +147,14 @@ def test_https_verify_ca_file_tls_phase_and_cert_expiry(certs: dict[str, Path]) 
             rec = Recorder()
             o = await probe(cfg(target=url, ca_file=str(certs["short"])), rec)
             assert o.ok, o
-            v = _values(rec)
-            assert v[("mogli_tls_cert_expiry_timestamp_seconds", "")] == _openssl_not_after(certs["short"])
+            v = drained_values(rec)
+            assert v[("mogli_tls_cert_expiry_timestamp_seconds", "")] == openssl_not_after(certs["short"])
             assert {p for n, p in v if n == "mogli_probe_phase_seconds"} == {"resolve", "connect", "tls",
                                                                             "first_byte"}
             assert 29 < float(str(o.detail["cert_days_left"])) <= 30
             # verification off: still succeeds and still reports the expiry (from the DER certificate)
             o = await probe(cfg(target=f"https://127.0.0.1:{port}/", tls_verify=False), rec)
-            assert o.ok and _values(rec)[("mogli_tls_cert_expiry_timestamp_seconds", "")] == _openssl_not_after(
+            assert o.ok and drained_values(rec)[("mogli_tls_cert_expiry_timestamp_seconds", "")] == openssl_not_after(
                 certs["short"])
             # plain HTTP to a TLS port: the server drops us, a protocol failure
             o = await probe(cfg(target=f"http://127.0.0.1:{port}/"))
@@ -190,8 +165,8 @@ def test_https_verify_ca_file_tls_phase_and_cert_expiry(certs: dict[str, Path]) 
 
 def test_cert_not_after_utctime_and_generalizedtime(certs: dict[str, Path]) -> None:
     for name in ("short", "long"):
-        assert cert_not_after(_der(certs[name])) == _openssl_not_after(certs[name])
-    assert _openssl_not_after(certs["long"]) > calendar.timegm((2050, 1, 1, 0, 0, 0))
+        assert cert_not_after(_der(certs[name])) == openssl_not_after(certs[name])
+    assert openssl_not_after(certs["long"]) > calendar.timegm((2050, 1, 1, 0, 0, 0))
 
 
 def test_cert_parser_rejects_truncated_and_garbage(certs: dict[str, Path]) -> None:

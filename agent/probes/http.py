@@ -8,7 +8,6 @@ With redirects followed, the phases and certificate are those of the last hop.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import ssl
 import time
@@ -24,6 +23,7 @@ from aiohttp.helpers import ceil_timeout
 
 from agent.confload import check
 from agent.probes.base import ProbeError, ProbeResult, ProtocolError, ResolveError, TLSError
+from agent.probes.tls import client_context, record_cert
 
 
 class StatusMismatch(ProbeError):
@@ -75,66 +75,6 @@ class HttpConfig:
     cache: dict[str, ssl.SSLContext] = field(default_factory=dict, init=False, repr=False, compare=False)
 
 
-# --- certificate notAfter from DER (sans-io; works with tls_verify off, where getpeercert() is empty) ----
-
-def _tlv(buf: bytes, pos: int) -> tuple[int, int, int]:
-    """(tag, start of value, end of value) of the DER element at pos."""
-    if pos + 2 > len(buf):
-        raise ValueError("truncated DER")
-    tag, n = buf[pos], buf[pos + 1]
-    pos += 2
-    if n & 0x80:
-        k = n & 0x7F
-        if not 1 <= k <= 4 or pos + k > len(buf):
-            raise ValueError("bad DER length")
-        n = int.from_bytes(buf[pos:pos + k], "big")
-        pos += k
-    if pos + n > len(buf):
-        raise ValueError("truncated DER")
-    return tag, pos, pos + n
-
-
-def _der_time(tag: int, raw: bytes) -> float:
-    import calendar
-
-    text = raw.decode("ascii")
-    if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ
-        if len(text) != 13 or not text.endswith("Z"):
-            raise ValueError(f"bad UTCTime {text!r}")
-        yy = int(text[:2])
-        text = f"{1900 + yy if yy >= 50 else 2000 + yy}{text[2:]}"
-    elif tag != 0x18:  # GeneralizedTime YYYYMMDDHHMMSSZ
-        raise ValueError(f"not a time (tag {tag:#x})")
-    if len(text) != 15 or not text.endswith("Z") or not text[:14].isdigit():
-        raise ValueError(f"bad time {text!r}")
-    t = time.strptime(text[:14], "%Y%m%d%H%M%S")
-    return float(calendar.timegm(t))
-
-
-def cert_not_after(der: bytes) -> float:
-    """notAfter of an X.509 certificate in DER, as seconds since the epoch. ValueError on anything else."""
-    tag, s, _ = _tlv(der, 0)  # Certificate
-    if tag != 0x30:
-        raise ValueError("not a certificate")
-    tag, pos, tbs_end = _tlv(der, s)  # tbsCertificate
-    if tag != 0x30:
-        raise ValueError("not a certificate")
-    elems: list[tuple[int, int, int]] = []
-    while pos < tbs_end and len(elems) < 5:
-        elems.append(_tlv(der, pos))
-        pos = elems[-1][2]
-    if elems and elems[0][0] == 0xA0:  # [0] version
-        elems = elems[1:]
-    if len(elems) < 4 or elems[3][0] != 0x30:  # serial, signature, issuer, validity
-        raise ValueError("no validity in certificate")
-    _, vpos, vend = elems[3]
-    _, _, e1 = _tlv(der, vpos)  # notBefore
-    t2, s2, e2 = _tlv(der, e1)  # notAfter
-    if e2 > vend:
-        raise ValueError("truncated validity")
-    return _der_time(t2, der[s2:e2])
-
-
 # --- the connector that splits TCP connect from the TLS handshake ---------------------------------------
 
 class _PhaseConnector(aiohttp.TCPConnector):
@@ -175,22 +115,6 @@ class _PhaseConnector(aiohttp.TCPConnector):
         return transport, proto
 
 
-async def _ssl_context(cfg: HttpConfig) -> ssl.SSLContext:
-    ctx = cfg.cache.get("ssl")
-    if ctx is None:
-        try:
-            ctx = await asyncio.to_thread(ssl.create_default_context, cafile=cfg.ca_file or None)
-        except OSError as e:
-            raise TLSError(f"ca_file {cfg.ca_file}: {e.strerror or e}") from None
-        except ssl.SSLError as e:
-            raise TLSError(f"ca_file {cfg.ca_file}: {e}") from None
-        if not cfg.tls_verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        cfg.cache["ssl"] = ctx
-    return ctx
-
-
 def _trace(marks: dict[str, Any]) -> aiohttp.TraceConfig:
     tc = aiohttp.TraceConfig()
 
@@ -225,7 +149,7 @@ async def _read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
 
 async def run(cfg: HttpConfig, result: ProbeResult) -> None:
     marks: dict[str, Any] = {}
-    ctx = await _ssl_context(cfg) if cfg.target.startswith("https:") else None
+    ctx = await client_context(cfg.cache, cfg.ca_file, cfg.tls_verify) if cfg.target.startswith("https:") else None
     conn = _PhaseConnector(marks, use_dns_cache=False, force_close=True, limit=1)
     t_headers: float | None = None
     try:
@@ -258,13 +182,7 @@ async def run(cfg: HttpConfig, result: ProbeResult) -> None:
     if "peer" in marks:
         result.detail["address"] = marks["peer"]
     if marks.get("cert"):
-        try:
-            not_after = cert_not_after(marks["cert"])
-        except ValueError as e:
-            result.detail["cert_error"] = str(e)
-        else:
-            result.gauge("mogli_tls_cert_expiry_timestamp_seconds", not_after)
-            result.detail["cert_days_left"] = round((not_after - time.time()) / 86400, 1)
+        record_cert(marks["cert"], result)
     ok = cfg.valid_status or range(200, 300)
     if status not in ok:
         raise StatusMismatch(f"status {status} not in {cfg.valid_status or '2xx'}")
