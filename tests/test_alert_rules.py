@@ -110,6 +110,7 @@ MUTATIONS = [
      "time() - mogli_agent_last_report_timestamp_seconds > 8", "alerts-node.yml", "a 15 s report gap pushes"),
     ("MogliTargetDown", "for: 10s", "for: 5s", "alerts-uplink.yml", "a two-scrape probe blip pushes"),
     ("MogliCameraLossy", "for: 40s", "for: 20s", "alerts-camera.yml", "a 5 s packet-loss blip pushes"),
+    ("MogliCertExpiring", "for: 5m", "for: 1m", "alerts-uplink.yml", "a certificate seen for two minutes mails"),
 ]
 
 
