@@ -403,6 +403,19 @@ def node_detail() -> Json:
         target(f"sum by (probe, target, reason) (increase(mogli_probe_failures_total{{{N}}}[$__rate_interval]))",
                "{{probe}} {{target}}: {{reason}}", "A"),
     ], "short", w=12, custom={"drawStyle": "bars", "fillOpacity": 80})
+    b.timeseries("Probe phases", [
+        target(f"mogli_probe_phase_seconds{{{N}}}", "{{probe}} {{target}}: {{phase}}", "A"),
+    ], "s", w=12, description="Where a tcp / http / rtsp run spends its time: resolve, connect, TLS handshake, "
+                              "first byte (rtsp: connect, describe). A phase that stops being reported is where "
+                              "failing runs get stuck.")
+    certs = b.table("TLS certificates", [
+        target(f"(mogli_tls_cert_expiry_timestamp_seconds{{{N}}} - time()) / 86400", ref="A", instant=True,
+               fmt="table"),
+    ], "none", {"probe": "Probe", "target": "Target", "Value": "Days left"}, w=12,
+        steps=thresholds((None, "red"), (7, "orange"), (14, "green")), custom={"cellOptions": {"type": "color-text"}},
+        description="Days until the certificate of each https target and tcp target with tls: true runs out "
+                    "(MogliCertExpiring mails under 14).")
+    certs["fieldConfig"]["defaults"]["decimals"] = 1
 
     b.row("Interfaces")
     b.timeseries("Interface throughput", [

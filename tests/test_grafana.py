@@ -15,12 +15,14 @@ the real collector: the panels' queries then meet the real collector's series na
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -37,6 +39,7 @@ from helpers import (
     Prometheus,
     free_port,
     http_post,
+    make_certs,
     need,
     start_agent,
     start_collector,
@@ -308,9 +311,11 @@ def _gst_missing() -> str:
 
 
 class Listener:
-    """A TCP service on 127.0.0.1 that accepts and closes connections (what a tcp probe checks)."""
+    """A TCP service on 127.0.0.1 that accepts and closes connections (what a tcp probe checks); with ``ctx``, after
+    a TLS handshake (a radio bridge's management port)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ctx: ssl.SSLContext | None = None) -> None:
+        self.ctx = ctx
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self._serve, daemon=True).start()
@@ -321,6 +326,10 @@ class Listener:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            if self.ctx is not None:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):  # ssl.SSLError is one
+                    conn = self.ctx.wrap_socket(conn, server_side=True)
             conn.close()
 
     def close(self) -> None:
@@ -406,6 +415,10 @@ def test_every_panel_query_runs_against_real_prometheus_with_real_agents(tmp_pat
     need(not why, why)
     procs: list[Proc] = []
     listener = Listener()
+    certs = make_certs(tmp_path)
+    tls_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls_ctx.load_cert_chain(certs["short"], certs["short.key"])
+    tls_listener = Listener(tls_ctx)
     closed_port = free_port()  # nothing listens: a failing probe and an alert
     prom = None
     hardware: HardwareReporter | None = None
@@ -433,7 +446,9 @@ def test_every_panel_query_runs_against_real_prometheus_with_real_agents(tmp_pat
         agents = {
             "stiftsplatz": {**common,
                             "tcp": [{"target": f"127.0.0.1:{listener.port}", "name": "kasse", "interval": 1},
-                                    {"target": f"127.0.0.1:{closed_port}", "name": "bar", "interval": 1}],
+                                    {"target": f"127.0.0.1:{closed_port}", "name": "bar", "interval": 1},
+                                    {"target": f"127.0.0.1:{tls_listener.port}", "name": "funkbruecke", "interval": 1,
+                                     "tls": True, "tls_verify": False}],
                             "http": [{"target": f"http://127.0.0.1:{col_port}/healthz", "name": "collector",
                                       "interval": 1}],
                             # an uplink gateway and a switch on loopback, pinged as on a real node
@@ -526,5 +541,6 @@ def test_every_panel_query_runs_against_real_prometheus_with_real_agents(tmp_pat
         if prom is not None:
             prom.stop()
         listener.close()
+        tls_listener.close()
         if rtp_cam is not None:
             rtp_cam.close()
