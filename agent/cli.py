@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--username", help="rtsp: user name")
     pr.add_argument("--password-file", help="rtsp: file holding the password")
     pr.add_argument("--interface", help="rtp: the interface to capture on (the first run listens timeout/2 s)")
+    pr.add_argument("--tls", action="store_true", help="tcp: a TLS handshake after connecting (certificate expiry)")
+    pr.add_argument("--insecure", action="store_true",
+                    help="tcp --tls, https: do not verify the certificate (its expiry is still reported)")
     a = sub.add_parser("analyze-pcap", help="RTP stream statistics of a pcap/pcapng capture")
     a.add_argument("file", help="capture file (pcap or pcapng)")
     a.add_argument("--json", action="store_true", help='print {"streams": [...]}')
@@ -169,7 +172,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     elif args.kind:
         pk = PROBES[args.kind]
         given = {"target": args.target, "timeout": args.timeout, "play_seconds": args.play_seconds,
-                 "username": args.username, "password_file": args.password_file, "interface": args.interface}
+                 "username": args.username, "password_file": args.password_file, "interface": args.interface,
+                 "tls": True if args.tls else None, "tls_verify": False if args.insecure else None}
         if args.play_seconds and args.timeout is None:
             given["timeout"] = args.play_seconds + 10
         if args.kind == "icmp":  # --timeout is the wait for each reply; the round gets what it needs

@@ -156,6 +156,14 @@ def test_https_verify_ca_file_tls_phase_and_cert_expiry(certs: dict[str, Path]) 
             o = await probe(cfg(target=f"https://127.0.0.1:{port}/", tls_verify=False), rec)
             assert o.ok and drained_values(rec)[("mogli_tls_cert_expiry_timestamp_seconds", "")] == openssl_not_after(
                 certs["short"])
+            # the same from the command line: refused without --insecure, reported with it
+            for flags, ok in (((), False), (("--insecure",), True)):
+                p = await asyncio.create_subprocess_exec(str(BIN / "mogli-agent"), "probe", "http", url, "--json",
+                                                         *flags, stdout=asyncio.subprocess.PIPE)
+                out, _ = await p.communicate()
+                (r,) = json.loads(out)["results"]
+                assert (p.returncode, r["success"]) == (0 if ok else 1, ok), r
+                assert ok == ("cert_days_left" in r), r
             # plain HTTP to a TLS port: the server drops us, a protocol failure
             o = await probe(cfg(target=f"http://127.0.0.1:{port}/"))
             assert not o.ok and o.reason == "protocol", o

@@ -212,18 +212,31 @@ def test_bad_targets_are_named() -> None:
         assert [f"{x.key}: {x.message}" for x in e.value.errors] == [f"target: {msg}"], target
 
 
-def test_cli_ad_hoc_tcp_probe() -> None:
+async def _cli(*args: str) -> tuple[int, bytes, bytes]:
+    p = await asyncio.create_subprocess_exec(str(BIN / "mogli-agent"), "probe", *args,
+                                             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await p.communicate()
+    assert p.returncode is not None
+    return p.returncode, out, err
+
+
+def test_cli_ad_hoc_tcp_probe(certs: dict[str, Path]) -> None:
     async def go() -> None:
         async with listener() as port:
-            p = await asyncio.create_subprocess_exec(str(BIN / "mogli-agent"), "probe", "tcp", f"127.0.0.1:{port}",
-                                                     "--json", stdout=asyncio.subprocess.PIPE)
-            out, _ = await p.communicate()
-            assert p.returncode == 0
+            rc, out, _ = await _cli("tcp", f"127.0.0.1:{port}", "--json")
+            assert rc == 0
             (r,) = json.loads(out)["results"]
             assert (r["kind"], r["success"], r["address"]) == ("tcp", True, "127.0.0.1"), r
-            p = await asyncio.create_subprocess_exec(str(BIN / "mogli-agent"), "probe", "tcp",
-                                                     f"127.0.0.1:{free_port()}", stdout=asyncio.subprocess.PIPE)
-            out, _ = await p.communicate()
-            assert p.returncode == 1 and b"refused" in out
+        async with listener(ctx=_server_ctx(certs)) as port:
+            rc, out, _ = await _cli("tcp", f"127.0.0.1:{port}", "--tls", "--json")
+            (r,) = json.loads(out)["results"]
+            assert (rc, r["success"], r["reason"]) == (1, False, "tls"), r
+            rc, out, _ = await _cli("tcp", f"127.0.0.1:{port}", "--tls", "--insecure", "--json")
+            (r,) = json.loads(out)["results"]
+            assert (rc, r["success"]) == (0, True) and 29 < r["cert_days_left"] <= 30, r
+        rc, out, _ = await _cli("tcp", f"127.0.0.1:{free_port()}")
+        assert rc == 1 and b"refused" in out
+        rc, _, err = await _cli("icmp", "127.0.0.1", "--tls")
+        assert rc == 2 and b"tls: unknown key" in err
 
     asyncio.run(go())
