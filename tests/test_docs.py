@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from helpers import ROOT
 
 from agent.catalog import METRICS
+from agent.probes import PROBES
 from collector.exposition import OWN_METRICS
 
 
@@ -36,10 +38,6 @@ SECTIONS = ("## What it measures", "## Config", "## Metrics", "## Permissions", 
 def test_every_probe_kind_has_its_page_with_every_config_key() -> None:
     """docs/probes/<kind>.md for each kind the agent runs, with the five sections and every config key in Config
     (the metrics are checked against docs/metrics.md above)."""
-    import dataclasses
-
-    from agent.probes import PROBES
-
     problems = []
     for kind, pk in sorted(PROBES.items()):
         page = ROOT / "docs" / "probes" / f"{kind}.md"

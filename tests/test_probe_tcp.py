@@ -91,7 +91,8 @@ def test_connect_phase_address_and_resolve_only_for_a_name() -> None:
 
 def test_ipv6_address_in_brackets() -> None:
     try:
-        socket.socket(socket.AF_INET6).bind(("::1", 0))
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
     except OSError as e:
         pytest.skip(f"no ::1 here: {e}")
 
@@ -200,6 +201,18 @@ def test_a_peer_that_never_answers_the_tls_close_does_not_fail_a_good_run(certs:
         o = asyncio.run(probe(cfg(target=f"127.0.0.1:{port}", tls=True, tls_verify=False, timeout=5)))
     assert o.ok, o
     assert o.duration < 2.5  # the close waits at most 1 s (CLOSE_WAIT), not until the timeout
+
+
+def test_ip_literals_skip_the_resolver_and_keep_a_scope() -> None:
+    """agent/probes/base.literal, shared by tcp and icmp: which targets need DNS at all."""
+    from agent.probes.base import ResolveError, literal
+
+    assert literal("127.0.0.1") == (socket.AF_INET, "127.0.0.1")
+    assert literal("::0001") == (socket.AF_INET6, "::1")
+    assert literal("fe80::1%eth0") == (socket.AF_INET6, "fe80::1%eth0")
+    assert literal("camera7.local") is None
+    with pytest.raises(ResolveError, match=r"^10\.0\.0\.1 is not an ipv6 address$"):
+        literal("10.0.0.1", socket.AF_INET6)
 
 
 def test_bad_targets_are_named() -> None:

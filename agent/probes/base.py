@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -78,6 +79,19 @@ def reason_of(exc: BaseException) -> str:
             return "connection"
         return "oserror"
     return "error"
+
+
+def literal(host: str, family: int = socket.AF_UNSPEC) -> tuple[int, str] | None:
+    """(address family, address) of an IP address (an IPv6 one may carry a %scope, kept); None for a host name,
+    which needs :func:`resolve`. ResolveError for an address of another family than ``family``."""
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return None
+    fam = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    if family not in (socket.AF_UNSPEC, fam):
+        raise ResolveError(f"{host} is not an {'ipv4' if family == socket.AF_INET else 'ipv6'} address")
+    return fam, host if "%" in host else str(ip)
 
 
 async def resolve(host: str, port: int | None = None, family: int = socket.AF_UNSPEC,

@@ -9,7 +9,6 @@ back); its sent/received totals are recorded all the same. See docs/probes/icmp.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import math
 import operator
 import socket
@@ -18,7 +17,8 @@ from typing import Literal, NamedTuple
 
 from agent.confload import check
 from agent.icmp.engine import Round, SocketKind, get_engine
-from agent.probes.base import Permission, ProbeError, ProbeResult, ResolveError, Timeout, Unreachable
+from agent.probes.base import Permission, ProbeError, ProbeResult, Timeout, Unreachable
+from agent.probes.base import literal as base_literal
 from agent.probes.base import resolve as resolve_host
 
 
@@ -64,14 +64,7 @@ _FAMILIES = {"auto": socket.AF_UNSPEC, "ipv4": socket.AF_INET, "ipv6": socket.AF
 
 def literal(target: str, family: str) -> tuple[int, str] | None:
     """(address family, address) of an IP-address target; None for a host name."""
-    try:
-        ip = ipaddress.ip_address(target.partition("%")[0])
-    except ValueError:
-        return None
-    fam = socket.AF_INET if ip.version == 4 else socket.AF_INET6
-    if _FAMILIES[family] not in (socket.AF_UNSPEC, fam):
-        raise ResolveError(f"{target} is not an {family} address")
-    return fam, target if "%" in target else str(ip)
+    return base_literal(target, _FAMILIES[family])
 
 
 async def resolve(target: str, family: str) -> tuple[int, str]:

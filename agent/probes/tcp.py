@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import ssl
 import time
 from dataclasses import dataclass, field
 
 from agent.confload import check
-from agent.probes.base import ProbeResult, resolve
+from agent.probes.base import ProbeResult, literal, resolve
 from agent.probes.tls import client_context, record_cert
 
 
@@ -56,21 +55,16 @@ def split_hostport(target: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _literal(host: str) -> str | None:
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return None
-
-
 async def run(cfg: TcpConfig, result: ProbeResult) -> None:
     host, port = split_hostport(cfg.target)
     ctx = await client_context(cfg.cache, cfg.ca_file, cfg.tls_verify) if cfg.tls else None  # before the clock
     t0 = time.perf_counter()
-    addr = _literal(host)
-    if addr is None:
+    known = literal(host)
+    if known is None:
         _, addr = await resolve(host, port)
         t0 = phase(result, "resolve", t0)
+    else:
+        addr = known[1]
     _, writer = await asyncio.open_connection(addr, port)
     try:
         t1 = phase(result, "connect", t0)
